@@ -1,0 +1,36 @@
+# Two commands are all a new user needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint demo bench docs clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# torch==2.13.0 first: on these machines it is a CPU build from local disk, while a bare
+# `torch` requirement would pull a multi-GB CUDA build. Where that exact version is not
+# available the project's own range (torch>=2.4) decides.
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install -q torch==2.13.0 || true
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pyrovi tests examples benchmarks
+
+test: $(STAMP) lint
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m pytest -q
+
+demo: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/pyrovi demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

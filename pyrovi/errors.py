@@ -1,0 +1,77 @@
+"""Exceptions and warnings raised by pyrovi.
+
+Every error names the argument or model site at fault, what was expected, what was given
+and what to do.  Errors raised while a fit is running carry the partial result so that
+nothing is lost (``err.result``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "PyroviError",
+    "ModelError",
+    "NonFiniteError",
+    "PyroviWarning",
+    "ConvergenceWarning",
+    "ModelWarning",
+    "FallbackWarning",
+]
+
+
+class PyroviError(ValueError):
+    """Base class of pyrovi's errors; a ``ValueError`` so that callers can catch either."""
+
+
+class ModelError(PyroviError):
+    """The model (or the model/guide pair) cannot be used as written.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong and what to do.
+    site : str, optional
+        The name of the model site at fault.
+    """
+
+    def __init__(self, message: str, *, site: str | None = None):
+        super().__init__(message)
+        self.site = site
+
+
+class NonFiniteError(PyroviError):
+    """A fit produced a NaN or infinite value and stopped.
+
+    Attributes
+    ----------
+    step : int
+        The (0-based) step or iteration at which the non-finite value appeared.
+    site : str or None
+        The model or guide site whose log-density was non-finite, when one could be found.
+    result : object
+        The partial result (``VIResult`` or ``EMResult``) holding the parameters of the last
+        finite step and the trace so far.
+    """
+
+    def __init__(self, message: str, *, step: int, site: str | None, result: Any = None):
+        super().__init__(message)
+        self.step = step
+        self.site = site
+        self.result = result
+
+
+class PyroviWarning(UserWarning):
+    """Base class of pyrovi's warnings."""
+
+
+class ConvergenceWarning(PyroviWarning):
+    """A fit stopped at its step budget before the convergence rule was met."""
+
+
+class ModelWarning(PyroviWarning):
+    """The model looks like it holds a mistake (for instance no observed site)."""
+
+
+class FallbackWarning(PyroviWarning):
+    """pyrovi took a slower but correct path (for instance a loop over particles)."""

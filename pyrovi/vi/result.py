@@ -1,0 +1,268 @@
+"""``VIResult``: the immutable outcome of a :class:`pyrovi.VI` fit."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pyro.poutine as poutine
+import torch
+from pyro.infer import config_enumerate, infer_discrete
+
+from pyrovi._draws import Draws, guide_draws, predictive_draws
+from pyrovi._result import FitResult
+from pyrovi._runtime import check_positive, resolve_seed, seeded
+
+__all__ = ["VIResult"]
+
+
+@dataclasses.dataclass(frozen=True)
+class VIResult(FitResult):
+    """The result of a variational fit.
+
+    Attributes
+    ----------
+    guide : callable
+        The fitted guide (an AutoGuide or the user's guide function).  Call it inside
+        :meth:`scope` so that it sees the fitted parameters.
+    family : str
+        The guide family's name (``"meanfield"``, ``"lowrank:3"``, ``"fullrank"``,
+        ``"delta"``, ``"laplace"``, an AutoGuide class name, or the guide function's name).
+    params : dict of str to torch.Tensor
+        Fitted parameters, constrained and detached, by Pyro parameter name.
+    elbo_trace : numpy.ndarray
+        The ELBO estimate at each step (nats, total over the data, constants included;
+        Pyro's loss with its sign flipped), shape ``(num_steps,)``.
+    elbo : float
+        A final ELBO estimate at the fitted parameters from ``elbo_particles`` draws.  For
+        the ``delta`` family this is log p(x, z_MAP) (a point mass has no finite entropy);
+        for ``laplace`` it is the ELBO of the Gaussian at the MAP.
+    elbo_se : float
+        Monte Carlo standard error of ``elbo``.
+    elbo_particles : int
+        The number of draws behind ``elbo``.
+    num_steps : int
+        Optimizer steps taken.
+    converged : bool
+        Whether the convergence rule was met before the step budget ran out.
+    wall_time : float
+        Seconds spent in the fit, the final ELBO estimate included.
+    model : callable
+        The model, so that diagnostics and export need nothing else.
+    args, kwargs : tuple, dict
+        The model arguments the fit was run with (on ``device``).
+    seed : int
+        The seed of the fit (drawn at random when none was given).
+    param_state : dict
+        The fit's private Pyro parameter-store state (see :meth:`scope`).
+    device : torch.device
+        Where the fit ran.
+    max_plate_nesting : int
+        Batch dimensions used by the model's plates.
+    latent_sites : tuple of str
+        Latent sites of the model, in execution order.
+    enumerated_sites : tuple of str
+        Discrete latent sites summed out exactly by enumeration (not covered by the guide).
+    vectorized : bool
+        Whether particles were vectorized (False: drawn in a loop, see ``notes``).
+    num_particles : int
+        Particles per training step.
+    backend : str
+        ``"svi"`` (Pyro's ELBO machinery) or ``"compiled"`` (pyrovi's compiled fast path).
+    notes : tuple of str
+        Plain-words remarks about how the fit was done (fallbacks, skipped steps).
+    site_shapes : dict
+        Sample site -> :class:`pyrovi._draws.SiteShape` (value shape and batch rank) of a
+        single draw, for every latent and observed site.
+    """
+
+    guide: Callable
+    family: str
+    params: dict
+    elbo_trace: np.ndarray
+    elbo: float
+    elbo_se: float
+    elbo_particles: int
+    num_steps: int
+    converged: bool
+    wall_time: float
+    model: Callable
+    args: tuple
+    kwargs: dict
+    seed: int
+    param_state: dict = dataclasses.field(repr=False)
+    device: torch.device = torch.device("cpu")
+    max_plate_nesting: int = 0
+    latent_sites: tuple = ()
+    enumerated_sites: tuple = ()
+    vectorized: bool = True
+    num_particles: int = 1
+    backend: str = "svi"
+    notes: tuple = ()
+    site_shapes: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"VIResult(family={self.family!r}, elbo={self.elbo:.4f} ± {self.elbo_se:.4f}, "
+            f"num_steps={self.num_steps}, converged={self.converged}, backend={self.backend!r})"
+        )
+
+    # ----------------------------------------------------------------- posterior draws
+    def sample(self, n: int, seed: int | None = None) -> dict[str, torch.Tensor]:
+        """Draw ``n`` times from the fitted posterior approximation.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws.
+        seed : int, optional
+            Seed for the draws (the caller's random state is left untouched).
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Latent site -> draws in constrained space with a leading dimension ``n``.
+            Enumerated discrete sites are drawn from their exact conditional posterior
+            given the continuous draws (Pyro's ``infer_discrete``).
+        """
+        check_positive("n", n, integer=True)
+        with seeded(resolve_seed(seed), self.device), self.scope(), torch.no_grad():
+            if self.enumerated_sites:
+                return self._sample_with_discrete(n)
+            return dict(self._guide_draws(n).values)
+
+    def _guide_draws(self, n: int) -> Draws:
+        """Guide draws of the continuous latents with log q (inside scope and seeding)."""
+        sites = tuple(k for k in self.latent_sites if k not in self.enumerated_sites)
+        return guide_draws(
+            self.guide,
+            self.args,
+            self.kwargs,
+            n,
+            sites=sites,
+            shapes=self.site_shapes,
+            nesting=self.max_plate_nesting,
+            vectorized=self.vectorized,
+        )
+
+    def draws(self, n: int, seed: int | None = None) -> Draws:
+        """``n`` draws of the continuous latents with the guide's log density at each.
+
+        Returns
+        -------
+        Draws
+            ``values`` (site -> ``(n, *shape)``, constrained) and ``log_q`` (``(n,)``, the
+            log density of q at each draw, Jacobians of the constraining transforms
+            included).
+        """
+        check_positive("n", n, integer=True)
+        with seeded(resolve_seed(seed), self.device), self.scope():
+            return self._guide_draws(n)
+
+    def _sample_with_discrete(self, n: int) -> dict[str, torch.Tensor]:
+        # one draw at a time: infer_discrete under a particle plate would need the plate
+        # bookkeeping of Predictive for the enumerated dims as well.
+        model = config_enumerate(self.model, default="parallel")
+        rows: dict[str, list] = {k: [] for k in self.latent_sites}
+        for _ in range(n):
+            guide_trace = poutine.trace(self.guide).get_trace(*self.args, **self.kwargs)
+            conditioned = poutine.replay(model, trace=guide_trace)
+            sampler = infer_discrete(
+                conditioned, first_available_dim=-self.max_plate_nesting - 1, temperature=1
+            )
+            trace = poutine.trace(sampler).get_trace(*self.args, **self.kwargs)
+            for k in self.latent_sites:
+                rows[k].append(trace.nodes[k]["value"])
+        return {k: torch.stack(v) for k, v in rows.items()}
+
+    def median(self) -> dict[str, torch.Tensor]:
+        """The posterior median of each latent site (constrained space).
+
+        Uses the guide's closed form (``AutoGuide.median``) where there is one; otherwise
+        the median of 1,000 draws.  Enumerated discrete sites are not included.
+        """
+        median = getattr(self.guide, "median", None)
+        if median is not None:
+            with self.scope(), torch.no_grad():
+                return {k: v.detach() for k, v in median(*self.args, **self.kwargs).items()}
+        draws = self.sample(1000, seed=self.seed)
+        return {k: v.float().median(0).values for k, v in draws.items()}
+
+    def quantiles(self, qs: Sequence[float]) -> dict[str, torch.Tensor]:
+        """Posterior quantiles of each latent site (constrained space).
+
+        Parameters
+        ----------
+        qs : sequence of float
+            Quantile levels in (0, 1).
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Site -> tensor with a leading dimension ``len(qs)``.  Closed form for the
+            Gaussian autoguides (``AutoGuide.quantiles``), else from 4,000 draws.
+        """
+        qs = [float(q) for q in qs]
+        if not qs or any(not 0.0 < q < 1.0 for q in qs):
+            raise ValueError(f"qs must be a non-empty sequence of levels in (0, 1), got {qs}")
+        quantiles = getattr(self.guide, "quantiles", None)
+        if quantiles is not None:
+            with self.scope(), torch.no_grad():
+                out = quantiles(qs, *self.args, **self.kwargs)
+            return {k: torch.as_tensor(v).detach() for k, v in out.items()}
+        draws = self.sample(4000, seed=self.seed)
+        level = torch.tensor(qs, dtype=torch.float64)
+        return {
+            k: torch.quantile(v.double(), level.to(v.device), dim=0).to(v.dtype)
+            for k, v in draws.items()
+        }
+
+    def predictive(
+        self, n: int, *args, seed: int | None = None, **kwargs
+    ) -> dict[str, torch.Tensor]:
+        """Posterior predictive draws: the model run on each posterior draw.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws.
+        *args, **kwargs
+            Model arguments for the prediction (for instance new inputs with ``y=None``);
+            the fit's own arguments when none are given.
+        seed : int, optional
+            Seed for the draws.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Every sample site of the model (observed ones included) with a leading
+            dimension ``n``.
+        """
+        check_positive("n", n, integer=True)
+        if not args and not kwargs:
+            args, kwargs = self.args, self.kwargs
+        with seeded(resolve_seed(seed), self.device), self.scope(), torch.no_grad():
+            latents = self.sample(n, seed=seed)
+            return predictive_draws(
+                self.model,
+                args,
+                kwargs,
+                latents,
+                nesting=self.max_plate_nesting,
+                vectorized=self.vectorized and not self.enumerated_sites,
+            )
+
+    def param(self, name: str) -> torch.Tensor:
+        """A fitted parameter by its Pyro name (see ``params`` for the names)."""
+        if name not in self.params:
+            raise KeyError(f"no parameter {name!r}; the fitted ones are {sorted(self.params)}")
+        return self.params[name]
+
+    def to_arviz(self, num_samples: int = 1000, **kwargs):
+        """Export to ArviZ; see :func:`pyrovi.to_arviz`."""
+        from pyrovi.arviz import to_arviz
+
+        return to_arviz(self, num_samples, **kwargs)
+
+
