@@ -114,12 +114,14 @@ class VI:
     num_steps : int
         Step budget (default 20,000); a fit usually stops earlier by the convergence rule.
     lr : float
-        Initial Adam step size (default 0.05); cut tenfold at each ELBO plateau, twice.
+        Initial Adam step size (default 0.05); cut by 0.3 at each ELBO plateau, four times.
     optim : optional
         ``None`` for Adam, a ``torch.optim.Optimizer`` subclass (built with ``lr``), a
         ``pyro.optim`` optimizer, or a callable ``params -> torch.optim.Optimizer``.
     num_particles : int
-        Draws from q per step (default 1).
+        Draws from q per step (default 8).  Vectorized particles cost little more than one;
+        with a single particle the gradient noise makes the convergence rule cut the step
+        size before slow directions (posterior scales along correlated directions) settle.
     vectorize_particles : bool
         Draw the particles as one batch (default True) when the model's shapes allow it;
         pyrovi checks every site and falls back to a loop, with a warning, when they do not.
@@ -145,10 +147,14 @@ class VI:
 
     Notes
     -----
-    Defaults were chosen so that a default fit reaches its family's optimum: a constant Adam
-    step leaves a single-particle fit jittering a few nats below the optimum with its
-    scales shrunk, so the step size is cut tenfold at each plateau of the window-mean ELBO
-    (twice), and the fit stops when the ELBO plateaus at the smallest step size.
+    Defaults were chosen so that a default fit reaches its family's optimum.  A constant
+    Adam step leaves a single-particle fit jittering a few nats below the optimum with its
+    scales shrunk; here the step size is cut by 0.3 at each plateau of the window-mean ELBO
+    (four times), the fit stops when the ELBO plateaus at the smallest step size, and each
+    step averages 8 particles.  On a 10-coefficient Bayesian linear regression with
+    collinear features this brings the fullrank ELBO within 0.02 nats of the exact log
+    evidence and its posterior standard deviations within 7% (see
+    ``tests/vi/test_defaults.py``).
     """
 
     def __init__(
@@ -159,7 +165,7 @@ class VI:
         num_steps: int = 20_000,
         lr: float = 0.05,
         optim=None,
-        num_particles: int = 1,
+        num_particles: int = 8,
         vectorize_particles: bool = True,
         seed: int | None = None,
         progress: bool = True,
