@@ -11,6 +11,7 @@ from pyrovi.errors import (
     PyroviError,
     PyroviWarning,
 )
+from pyrovi.arviz import to_arviz
 from pyrovi.guides import FAMILIES
 from pyrovi.vi import VI, VIResult
 
@@ -18,6 +19,7 @@ __all__ = [
     "__version__",
     "VI",
     "VIResult",
+    "to_arviz",
     "FAMILIES",
     "PyroviError",
     "ModelError",

@@ -61,6 +61,10 @@ def site_shapes(trace: poutine.Trace) -> dict[str, SiteShape]:
     return out
 
 
+def _deterministic(site: dict) -> bool:
+    return bool(site["infer"].get("_deterministic", False))
+
+
 def _to_plate_shape(value: torch.Tensor, shape: SiteShape, nesting: int) -> torch.Tensor:
     """(n, *shape) -> (n, 1, ..., 1, *shape) with the draw dim at -(nesting + 1) of batch."""
     pad = (1,) * (nesting - shape.batch_ndim)
@@ -176,7 +180,7 @@ def model_log_density(
                 continue
             lp = site["log_prob"]
             log_joint = log_joint + _per_draw_sum(lp, n, nesting)
-            if site["is_observed"] and name not in values:
+            if site["is_observed"] and name not in values and not _deterministic(site):
                 shape = shapes[name]
                 full = (n,) + (1,) * (nesting - shape.batch_ndim) + shape.batch_shape
                 log_lik[name] = torch.broadcast_to(lp, full).reshape((n,) + shape.batch_shape)
@@ -193,7 +197,7 @@ def model_log_density(
                 if site["type"] != "sample" or type(site["fn"]).__name__ == "_Subsample":
                     continue
                 total = total + site["log_prob"].sum()
-                if site["is_observed"] and name not in values:
+                if site["is_observed"] and name not in values and not _deterministic(site):
                     liks.setdefault(name, []).append(
                         torch.broadcast_to(site["log_prob"], shapes[name].batch_shape)
                     )

@@ -68,9 +68,17 @@ def model_name(model: Callable) -> str:
 
 
 def _is_user_sample(site: dict) -> bool:
-    return site["type"] == "sample" and not site["infer"].get("_do_not_trace", False) and not (
-        site["infer"].get("is_auxiliary", False)
-    ) and not type(site["fn"]).__name__ == "_Subsample"
+    """A sample site of the model proper: not a subsample index, an auxiliary variable or a
+    ``pyro.deterministic`` record (Pyro marks those observed)."""
+    if site["type"] != "sample":
+        return False
+    infer = site["infer"]
+    return (
+        not infer.get("_do_not_trace", False)
+        and not infer.get("is_auxiliary", False)
+        and not infer.get("_deterministic", False)
+        and type(site["fn"]).__name__ != "_Subsample"
+    )
 
 
 def inspect_model(model: Callable, args: tuple = (), kwargs: Mapping | None = None) -> ModelInfo:

@@ -78,3 +78,9 @@ def em_fit(conjugate_data):
 def nested_fit():
     x = torch.linspace(-1.0, 1.0, 12).reshape(3, 4)
     return fit(nested, "meanfield", x, num_steps=5)
+
+
+@pytest.fixture(scope="session")
+def schools_data():
+    """(sigma, y) of the eight schools."""
+    return SIGMA, Y

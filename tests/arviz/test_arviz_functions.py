@@ -1,0 +1,102 @@
+"""ArviZ's own tools on the export: summaries, plots, LOO, model comparison, netCDF."""
+
+import warnings
+
+import arviz as az
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import xarray as xr
+
+from pyrovi.arviz import decode_attrs, to_arviz
+
+FITS = ["meanfield", "fullrank", "em_fit"]
+
+
+@pytest.fixture(params=FITS)
+def exported(request):
+    result = request.getfixturevalue(request.param)
+    return result, to_arviz(result, 400, posterior_predictive=False)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_summary(exported):
+    _, idata = exported
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = az.summary(idata)
+    post = idata.posterior
+    expected_rows = sum(int(np.prod(post[v].shape[2:])) for v in post.data_vars)
+    assert len(summary) == expected_rows
+    first = list(post.data_vars)[0]
+    row = first if post[first].ndim == 2 else f"{first}[0]"
+    values = post[first].values.reshape(400, -1)[:, 0]
+    assert summary.loc[row, "mean"] == pytest.approx(values.mean(), abs=1e-3)
+    assert summary.loc[row, "sd"] == pytest.approx(values.std(ddof=1), rel=0.02, abs=1e-3)
+    assert (summary["ess_bulk"] > 50).all()
+
+
+def test_plot_posterior_and_trace(exported):
+    _, idata = exported
+    post = idata.posterior
+    n_panels = sum(int(np.prod(post[v].shape[2:])) for v in post.data_vars)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        axes = az.plot_posterior(idata)
+        titles = [ax.get_title() for ax in np.ravel(axes) if ax.get_title()]
+        assert len(titles) == n_panels
+        assert titles[0] == list(post.data_vars)[0]
+        axes = az.plot_trace(idata)
+        assert np.shape(axes) == (len(post.data_vars), 2)
+
+
+def test_plot_forest(exported):
+    _, idata = exported
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        axes = az.plot_forest(idata, combined=True)
+    labels = " ".join(t.get_text() for t in axes[0].get_yticklabels())
+    for var in idata.posterior.data_vars:
+        assert var in labels
+
+
+def test_loo_and_compare_across_guide_families(meanfield, fullrank):
+    data = {
+        "meanfield": to_arviz(meanfield, 1000, posterior_predictive=False),
+        "fullrank": to_arviz(fullrank, 1000, posterior_predictive=False),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loo = az.loo(data["meanfield"], pointwise=True)
+        comparison = az.compare(data)
+    assert loo.n_data_points == 8
+    log_lik = data["meanfield"].log_likelihood["obs"].values[0]
+    lppd = np.sum(np.log(np.mean(np.exp(log_lik), axis=0)))
+    assert np.isfinite(loo.elpd_loo) and loo.elpd_loo <= lppd + 1e-6
+    assert loo.p_loo == pytest.approx(lppd - loo.elpd_loo, rel=1e-4)
+    assert set(comparison.index) == {"meanfield", "fullrank"}
+    assert comparison["rank"].min() == 0 and np.isfinite(comparison["elpd_loo"]).all()
+
+
+@pytest.mark.parametrize("name", ["meanfield", "em_fit", "nested_fit"])
+def test_netcdf_round_trip_loses_nothing(name, request, tmp_path):
+    result = request.getfixturevalue(name)
+    idata = to_arviz(result, 30, prior=True, coords=None)
+    path = tmp_path / "export.nc"
+    idata.to_netcdf(str(path))
+    back = az.from_netcdf(str(path))
+    assert back.groups() == idata.groups()
+    for group in idata.groups():
+        before, after = idata[group], back[group]
+        xr.testing.assert_identical(before, after)  # values, dims, coords, dtypes, attrs
+        assert decode_attrs(after.attrs) == decode_attrs(before.attrs)
+        for var in before.variables:
+            assert after[var].dtype == before[var].dtype
+            assert decode_attrs(after[var].attrs) == decode_attrs(before[var].attrs)
+    attrs = decode_attrs(back.posterior.attrs)
+    assert attrs["converged"] is result.converged  # a bool again, not an int or a string
