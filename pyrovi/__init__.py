@@ -2,28 +2,56 @@
 Pyro models."""
 
 from pyrovi._version import __version__
+from pyrovi.arviz import to_arviz
+from pyrovi.diagnostics import (
+    AIS,
+    ComparisonTable,
+    Diagnostics,
+    Estimate,
+    compare,
+    diagnose,
+    log_evidence,
+    plot_elbo,
+    plot_gap,
+)
+from pyrovi.em import EM, EMResult
 from pyrovi.errors import (
+    CheckpointError,
     ConvergenceWarning,
     FallbackWarning,
+    FitError,
     ModelError,
     ModelWarning,
     NonFiniteError,
     PyroviError,
     PyroviWarning,
 )
-from pyrovi.arviz import to_arviz
 from pyrovi.guides import FAMILIES
-from pyrovi.vi import VI, VIResult
+from pyrovi.vi import VI, VIResult, resume
 
 __all__ = [
     "__version__",
     "VI",
     "VIResult",
+    "resume",
     "to_arviz",
+    "EM",
+    "EMResult",
+    "diagnose",
+    "Diagnostics",
+    "log_evidence",
+    "Estimate",
+    "AIS",
+    "compare",
+    "ComparisonTable",
+    "plot_elbo",
+    "plot_gap",
     "FAMILIES",
     "PyroviError",
     "ModelError",
     "NonFiniteError",
+    "FitError",
+    "CheckpointError",
     "PyroviWarning",
     "ConvergenceWarning",
     "ModelWarning",

@@ -13,7 +13,11 @@ __all__ = [
     "PyroviError",
     "ModelError",
     "NonFiniteError",
+    "FitError",
+    "CheckpointError",
     "PyroviWarning",
+    "CheckpointWarning",
+    "InterruptedFitWarning",
     "ConvergenceWarning",
     "ModelWarning",
     "FallbackWarning",
@@ -40,25 +44,45 @@ class ModelError(PyroviError):
         self.site = site
 
 
-class NonFiniteError(PyroviError):
+class FitError(PyroviError):
+    """A fit stopped midway; nothing is lost.
+
+    Attributes
+    ----------
+    step : int
+        The (0-based) step or iteration at which the fit stopped.
+    result : object
+        The partial result (``VIResult`` or ``EMResult``) holding the parameters of the last
+        good step and the trace so far.
+    """
+
+    def __init__(self, message: str, *, step: int, result: Any = None):
+        super().__init__(message)
+        self.step = step
+        self.result = result
+
+
+class NonFiniteError(FitError):
     """A fit produced a NaN or infinite value and stopped.
 
     Attributes
     ----------
     step : int
-        The (0-based) step or iteration at which the non-finite value appeared.
+        The (0-based) step at which the non-finite values began.
     site : str or None
         The model or guide site whose log-density was non-finite, when one could be found.
     result : object
-        The partial result (``VIResult`` or ``EMResult``) holding the parameters of the last
-        finite step and the trace so far.
+        The partial result holding the parameters of the last finite step and the trace so
+        far.
     """
 
     def __init__(self, message: str, *, step: int, site: str | None, result: Any = None):
-        super().__init__(message)
-        self.step = step
+        super().__init__(message, step=step, result=result)
         self.site = site
-        self.result = result
+
+
+class CheckpointError(PyroviError):
+    """A checkpoint cannot be read, or belongs to another model, guide or pyrovi version."""
 
 
 class PyroviWarning(UserWarning):
@@ -75,3 +99,11 @@ class ModelWarning(PyroviWarning):
 
 class FallbackWarning(PyroviWarning):
     """pyrovi took a slower but correct path (for instance a loop over particles)."""
+
+
+class CheckpointWarning(PyroviWarning):
+    """A checkpoint could not be written; the fit goes on and the previous one is intact."""
+
+
+class InterruptedFitWarning(PyroviWarning):
+    """A fit was interrupted (Ctrl-C); the result so far is returned."""

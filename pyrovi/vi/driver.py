@@ -7,57 +7,40 @@ compiled path, in :mod:`pyrovi.fast`.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-import math
+import os
 import time
 from collections.abc import Callable
 
-import numpy as np
 import pyro
-import pyro.poutine as poutine
 import torch
 from pyro.infer import config_enumerate
-from tqdm.auto import tqdm
 
-from pyrovi._draws import site_shapes
-from pyrovi._model import ModelInfo, check_observed_finite, inspect_model, model_name
+from pyrovi._model import inspect_model, model_name
 from pyrovi._runtime import (
     check_positive,
     fit_context,
     move_to_device,
     resolve_device,
     resolve_seed,
-    snapshot_store,
-    store_params,
     warn,
 )
-from pyrovi.errors import (
-    ConvergenceWarning,
-    FallbackWarning,
-    ModelError,
-    ModelWarning,
-    NonFiniteError,
+from pyrovi.checkpoint import (
+    Checkpoint,
+    check_compatible,
+    check_picklable,
+    fingerprint,
+    load_checkpoint,
 )
+from pyrovi.errors import FallbackWarning
 from pyrovi.guides import GuideSpec, build_guide, parse_guide
-from pyrovi.vi.convergence import PlateauRule, PlateauState
-from pyrovi.vi.objective import estimate_elbo, make_elbo, vectorization_problem
+from pyrovi.vi.checks import check_model, check_user_guide
+from pyrovi.vi.convergence import PlateauRule
+from pyrovi.vi.fit import Fit
+from pyrovi.vi.objective import vectorization_problem
 from pyrovi.vi.result import VIResult
 
-__all__ = ["VI"]
-
-
-def _make_optimizer(optim, params: list, lr: float) -> torch.optim.Optimizer:
-    """A torch optimizer over ``params`` from the ``optim`` argument (see :class:`VI`)."""
-    if optim is None:
-        return torch.optim.Adam(params, lr=lr)
-    if inspect.isclass(optim) and issubclass(optim, torch.optim.Optimizer):
-        return optim(params, lr=lr)
-    if isinstance(optim, pyro.optim.PyroOptim):
-        kwargs = dict(optim.pt_optim_args) if isinstance(optim.pt_optim_args, dict) else {}
-        kwargs.setdefault("lr", lr)
-        return optim.pt_optim_constructor(params, **kwargs)
-    return optim(params)
+__all__ = ["VI", "resume"]
 
 
 def _check_optim(optim) -> None:
@@ -73,31 +56,6 @@ def _check_optim(optim) -> None:
             "torch.optim.Adam, a pyro.optim optimizer such as pyro.optim.Adam({'lr': 0.01}), "
             f"or a callable params -> torch optimizer; got {optim!r}"
         )
-
-
-def _nonfinite_site(model, guide, args, kwargs) -> str | None:
-    """The first guide or model site whose log-density is not finite at the current
-    parameters, or a parameter that is not finite; None if none is found."""
-    store = pyro.get_param_store()
-    for name in store.keys():
-        if not bool(torch.isfinite(store[name]).all()):
-            return f"parameter {name!r}"
-    try:
-        with torch.no_grad():
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                *args, **kwargs
-            )
-    except Exception:  # the search is best-effort; the caller reports the step anyway
-        return None
-    for trace, who in ((guide_trace, "guide"), (model_trace, "model")):
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample":
-                continue
-            lp = site["fn"].log_prob(site["value"])
-            if not bool(torch.isfinite(lp).all()):
-                return f"{who} site {name!r}"
-    return None
 
 
 class VI:
@@ -144,6 +102,17 @@ class VI:
     backend : {"auto", "svi", "compiled"}
         ``"auto"`` (default) uses pyrovi's compiled fast path when the model and guide allow
         it and Pyro's SVI otherwise; ``"svi"`` always uses Pyro's machinery.
+    checkpoint : str or os.PathLike, optional
+        Write a checkpoint to this path (atomically) every ``checkpoint_every`` steps, on
+        Ctrl-C and when the fit fails; :func:`pyrovi.resume` continues from it.  The model
+        (and a guide function) must be importable, top-level functions.
+    checkpoint_every : int
+        Steps between checkpoints (default 1,000).
+    max_skips : int
+        A step whose ELBO or gradient is not finite is skipped (no update; counted in
+        ``result.num_skipped``); after more than ``max_skips`` such steps in a row (default
+        10; 0 stops at the first) the fit stops with :class:`~pyrovi.NonFiniteError`.
+        The check costs nothing extra: Pyro's loss is already read back every step.
 
     Notes
     -----
@@ -175,7 +144,13 @@ class VI:
         elbo_particles: int = 1000,
         clip_norm: float | None = 100.0,
         backend: str = "auto",
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 1000,
+        max_skips: int = 10,
     ):
+        self.config = {
+            k: v for k, v in locals().items() if k not in ("self", "__class__")
+        }
         if not callable(model):
             raise TypeError(
                 f"model must be a callable Pyro model function, got {type(model).__name__}"
@@ -209,67 +184,34 @@ class VI:
             )
         self.backend = backend
         self.rule = PlateauRule(tol=self.tol, window=self.window)
+        self.checkpoint_every = check_positive("checkpoint_every", checkpoint_every, integer=True)
+        if isinstance(max_skips, bool) or not isinstance(max_skips, int) or max_skips < 0:
+            raise ValueError(f"max_skips must be an int >= 0, got {max_skips!r}")
+        self.max_skips = max_skips
+        if checkpoint is not None:
+            if not isinstance(checkpoint, (str, os.PathLike)):
+                raise TypeError(
+                    f"checkpoint must be a file path (str or os.PathLike), got "
+                    f"{type(checkpoint).__name__}"
+                )
+            folder = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
+            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                raise ValueError(
+                    f"checkpoint={os.fspath(checkpoint)!r}: folder {folder!r} does not exist "
+                    "or is not writable; create it or pass another path"
+                )
+            check_picklable("model", model)
+            if self.guide_spec.family in ("custom", "autoguide"):
+                check_picklable("guide", guide)
+            checkpoint = os.fspath(checkpoint)
+        self.checkpoint = checkpoint
+        self._resume: tuple[Checkpoint, str] | None = None
 
     def __repr__(self) -> str:
         return (
             f"VI(model={model_name(self.model)}, guide={self.guide_spec.name!r}, "
             f"num_steps={self.num_steps}, lr={self.lr}, num_particles={self.num_particles})"
         )
-
-    # ------------------------------------------------------------------------- set-up
-    def _check_model(self, info: ModelInfo) -> None:
-        check_observed_finite(info)
-        if not info.observed:
-            warn(
-                f"model {model_name(self.model)!r} has no observed site: the fit will "
-                "reproduce the prior. Did you forget obs= on the likelihood?",
-                ModelWarning,
-            )
-        if info.infinite_discrete and self.guide_spec.is_auto:
-            name = info.infinite_discrete[0]
-            dist_name = type(info.trace.nodes[name]["fn"]).__name__
-            raise ModelError(
-                f"site {name!r} is discrete with infinite support ({dist_name}); it cannot "
-                "be enumerated and the Gaussian guide families cannot cover it. Write a "
-                "guide function that samples it (score-function gradients), or marginalize "
-                "it out in the model.",
-                site=name,
-            )
-
-    def _check_user_guide(self, guide, info: ModelInfo, args, kwargs) -> tuple[str, ...]:
-        """Compare a user guide's sites with the model's; return the sites to enumerate."""
-        try:
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        except Exception as err:
-            raise ModelError(
-                f"guide {model_name(guide)!r} raised {type(err).__name__} when run with the "
-                f"model's arguments: {err}"
-            ) from err
-        guide_sites = [
-            name
-            for name, site in guide_trace.nodes.items()
-            if site["type"] == "sample"
-            and not site["is_observed"]
-            and not site["infer"].get("is_auxiliary", False)
-        ]
-        extra = [n for n in guide_sites if n not in info.latent]
-        if extra:
-            raise ModelError(
-                f"guide {model_name(guide)!r} has sample site {extra[0]!r}, which the model "
-                f"lacks; the model's latent sites are {list(info.latent)}. Rename the site, "
-                "or mark it infer={'is_auxiliary': True} if it is an auxiliary variable.",
-                site=extra[0],
-            )
-        enumerated = tuple(n for n in info.discrete if n not in guide_sites)
-        missing = [n for n in info.latent if n not in guide_sites and n not in enumerated]
-        if missing:
-            raise ModelError(
-                f"guide {model_name(guide)!r} misses the model's latent site {missing[0]!r}; "
-                "a guide must sample every continuous latent site of the model. Add "
-                f"pyro.sample({missing[0]!r}, ...) to the guide.",
-                site=missing[0],
-            )
-        return enumerated
 
     # ---------------------------------------------------------------------------- run
     def run(self, *args, **kwargs) -> VIResult:
@@ -290,12 +232,17 @@ class VI:
         kwargs = move_to_device(kwargs, device)
         seed = resolve_seed(self.seed)
         start = time.perf_counter()
-        with fit_context(seed, device) as state:
+        with fit_context(seed, device):
             info = inspect_model(self.model, args, kwargs)
-            self._check_model(info)
-            spec = self.guide_spec
+            spec: GuideSpec = self.guide_spec
+            check_model(self.model, info, spec, args, kwargs)
+            if self._resume is not None:
+                ckpt, path = self._resume
+                check_compatible(
+                    ckpt, path, kind="vi", family=spec.name, prints=fingerprint(info.trace)
+                )
             if spec.family == "custom":
-                enumerated = self._check_user_guide(spec.obj, info, args, kwargs)
+                enumerated = check_user_guide(spec.obj, info, args, kwargs)
             else:
                 enumerated = info.discrete
             model = (
@@ -317,7 +264,7 @@ class VI:
                     )
                     notes.append(note)
                     warn(note, FallbackWarning)
-            fit = _Fit(
+            fit = Fit(
                 vi=self,
                 model=model,
                 guide=guide,
@@ -328,172 +275,50 @@ class VI:
                 vectorize=vectorize,
                 seed=seed,
                 device=device,
-                state=state,
                 start=start,
                 notes=notes,
+                resume_from=self._resume[0] if self._resume else None,
             )
             return fit.train()
 
 
-@dataclasses.dataclass
-class _Fit:
-    """The mutable state of one running fit (private to :class:`VI`)."""
+def resume(
+    path: str | os.PathLike,
+    *,
+    num_steps: int | None = None,
+    model: Callable | None = None,
+    guide: object = None,
+) -> VI:
+    """Configure the fit saved in a checkpoint so that ``.run(*args)`` continues it.
 
-    vi: VI
-    model: Callable
-    guide: Callable
-    args: tuple
-    kwargs: dict
-    info: ModelInfo
-    enumerated: tuple
-    vectorize: bool
-    seed: int
-    device: torch.device
-    state: dict
-    start: float
-    notes: list
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A checkpoint written by ``VI(..., checkpoint=path)``.
+    num_steps : int, optional
+        Steps in all (those before the checkpoint included); default: the original budget.
+    model, guide : optional
+        Replacements for the pickled model and guide (e.g. when they were not importable).
 
-    def _result(
-        self, trace: list, converged: bool, final: bool, backend: str = "svi"
-    ) -> VIResult:
-        guide = self.guide
-        params = store_params()
-        saved = snapshot_store()
-        elbo = se = float("nan")
-        particles = 0
-        if final:
-            if self.vi.guide_spec.family == "laplace":
-                guide = guide.laplace_approximation(*self.args, **self.kwargs)
-                params["laplace.loc"] = guide.loc.detach().clone()
-                params["laplace.scale_tril"] = (
-                    guide.scale[:, None] * guide.scale_tril
-                ).detach().clone()
-            est = estimate_elbo(
-                self.model,
-                guide,
-                self.args,
-                self.kwargs,
-                num_particles=self.vi.elbo_particles,
-                vectorize=self.vectorize,
-                max_plate_nesting=self.info.max_plate_nesting,
-                enumerate=bool(self.enumerated),
-            )
-            elbo, se, particles = est.value, est.se, est.num_particles
-        return VIResult(
-            guide=guide,
-            family=self.vi.guide_spec.name,
-            params=params,
-            elbo_trace=np.asarray(trace, dtype=np.float64),
-            elbo=elbo,
-            elbo_se=se,
-            elbo_particles=particles,
-            num_steps=len(trace),
-            converged=converged,
-            wall_time=time.perf_counter() - self.start,
-            model=self.vi.model,
-            args=self.args,
-            kwargs=self.kwargs,
-            seed=self.seed,
-            param_state=saved,
-            device=self.device,
-            max_plate_nesting=self.info.max_plate_nesting,
-            latent_sites=self.info.latent,
-            enumerated_sites=self.enumerated,
-            vectorized=self.vectorize,
-            num_particles=self.vi.num_particles,
-            backend=backend,
-            notes=tuple(self.notes),
-            site_shapes=site_shapes(self.info.trace),
-        )
-
-    def train(self) -> VIResult:
-        """Train with the compiled path where it applies, else with Pyro's SVI; warn if
-        the budget ran out; return the final result."""
-        vi = self.vi
-        backend = "svi"
-        if vi.backend != "svi":
-            from pyrovi.fast import compiled_unsupported, train_compiled
-
-            reason = compiled_unsupported(self)
-            if reason is None:
-                backend = "compiled"
-            elif vi.backend == "compiled":
-                raise ValueError(
-                    f"backend='compiled' cannot fit this model/guide: {reason}. Use "
-                    "backend='auto' (falls back to Pyro's SVI) or backend='svi'."
-                )
-            else:
-                self.notes.append(f"Pyro's SVI was used, not the compiled path: {reason}")
-        if backend == "compiled":
-            trace, converged = train_compiled(self)
-        else:
-            trace, converged = self.train_svi()
-        if not converged:
-            warn(
-                f"VI stopped at num_steps={vi.num_steps} before the ELBO converged (tol="
-                f"{vi.tol}). Raise num_steps, or change lr (now {vi.lr}) or tol.",
-                ConvergenceWarning,
-            )
-        return self._result(trace, converged=converged, final=True, backend=backend)
-
-    def train_svi(self) -> tuple[list[float], bool]:
-        """The training loop on Pyro's ELBO; returns (ELBO trace, converged)."""
-        vi = self.vi
-        elbo_fn = make_elbo(
-            vi.num_particles,
-            vectorize=self.vectorize,
-            max_plate_nesting=self.info.max_plate_nesting,
-            enumerate=bool(self.enumerated),
-        )
-        trace: list[float] = []
-        plateau = PlateauState()
-        optimizer = None
-        known: set = set()
-        bar = tqdm(total=vi.num_steps, disable=not vi.progress, desc="VI", leave=False)
-        try:
-            for step in range(vi.num_steps):
-                with poutine.trace(param_only=True) as capture:
-                    loss = elbo_fn.loss_and_grads(self.model, self.guide, *self.args, **self.kwargs)
-                params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
-                new = [p for p in params if p not in known]
-                if new:
-                    known.update(new)
-                    if optimizer is None:
-                        optimizer = _make_optimizer(vi.optim, new, vi.lr)
-                        base_lrs = [g["lr"] for g in optimizer.param_groups]
-                    else:
-                        optimizer.add_param_group({"params": new})
-                        base_lrs.append(optimizer.param_groups[-1]["lr"])
-                max_norm = vi.clip_norm if vi.clip_norm is not None else math.inf
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                    what = "ELBO" if not math.isfinite(loss) else "gradient norm"
-                    site = _nonfinite_site(self.model, self.guide, self.args, self.kwargs)
-                    for p in params:
-                        p.grad = None
-                    partial = self._result(trace, converged=False, final=False)
-                    where = f" at {site}" if site else ""
-                    raise NonFiniteError(
-                        f"the {what} became non-finite at step {step}{where}. The parameters "
-                        f"of the last finite step (step {step - 1}) and the ELBO trace so far "
-                        "are in err.result. Check the model for values outside a "
-                        "distribution's support, or lower lr.",
-                        step=step,
-                        site=site,
-                        result=partial,
-                    )
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                trace.append(-loss)
-                if (step + 1) % vi.window == 0:
-                    window_mean = float(np.mean(trace[-vi.window :]))
-                    plateau = vi.rule.update(plateau, window_mean)
-                    for group, base in zip(optimizer.param_groups, base_lrs):
-                        group["lr"] = base * plateau.lr_scale
-                    bar.set_postfix(elbo=f"{window_mean:.4g}", lr=f"{vi.lr * plateau.lr_scale:.2g}")
-                    bar.update(vi.window)
-                    if plateau.converged:
-                        break
-        finally:
-            bar.close()
-        return trace, plateau.converged
+    Returns
+    -------
+    VI
+        Its :meth:`VI.run` takes the same model arguments as the original fit, checks that
+        the model, guide family and pyrovi version match the checkpoint, and continues
+        exactly where the checkpoint left off: on the CPU the parameters and the ELBO trace
+        end bit-identical to an uninterrupted fit.
+    """
+    path = os.fspath(path)
+    ckpt = load_checkpoint(path)
+    config = dict(ckpt.config)
+    if num_steps is not None:
+        config["num_steps"] = num_steps
+    if model is not None:
+        config["model"] = model
+    if guide is not None:
+        config["guide"] = guide
+    if config.get("checkpoint") is None:
+        config["checkpoint"] = path
+    vi = VI(**config)
+    vi._resume = (ckpt, path)
+    return vi

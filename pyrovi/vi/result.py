@@ -75,6 +75,10 @@ class VIResult(FitResult):
     site_shapes : dict
         Sample site -> :class:`pyrovi._draws.SiteShape` (value shape and batch rank) of a
         single draw, for every latent and observed site.
+    num_skipped : int
+        Steps whose loss or gradient was not finite and whose update was skipped.
+    interrupted : bool
+        Whether the fit was interrupted (Ctrl-C) and returned early.
     """
 
     guide: Callable
@@ -101,6 +105,8 @@ class VIResult(FitResult):
     backend: str = "svi"
     notes: tuple = ()
     site_shapes: dict = dataclasses.field(default_factory=dict, repr=False)
+    num_skipped: int = 0
+    interrupted: bool = False
 
     def __repr__(self) -> str:
         return (

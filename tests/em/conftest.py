@@ -21,7 +21,8 @@ def blobs():
     parts = [
         torch.randn(100, 2, generator=g, dtype=torch.float64) + torch.tensor([4.0, 0.0]),
         0.5 * torch.randn(100, 2, generator=g, dtype=torch.float64),
-        torch.randn(100, 2, generator=g, dtype=torch.float64) @ torch.tensor([[1.0, 0.5], [0.0, 0.7]])
+        torch.randn(100, 2, generator=g, dtype=torch.float64)
+        @ torch.tensor([[1.0, 0.5], [0.0, 0.7]])
         + torch.tensor([0.0, 5.0]),
     ]
     return torch.cat(parts)

@@ -138,8 +138,10 @@ def test_float32_matches_float64(blobs):
 
 
 def test_singular_covariance_names_component_and_remedies():
-    X = torch.cat([torch.randn(50, 2), torch.ones(5, 2) * 10.0])
-    init = {"means": torch.stack([X[:50].mean(0), torch.tensor([10.0, 10.0])])}
+    g = torch.Generator().manual_seed(0)
+    X = torch.cat([torch.randn(50, 2, generator=g), torch.full((5, 2), 1000.0)])
+    init = {"means": torch.stack([X[:50].mean(0), torch.tensor([1000.0, 1000.0])]),
+            "covariances": torch.eye(2).expand(2, 2, 2).clone(), "weights": torch.ones(2) / 2}
     model = gaussian_mixture_model(2, reg_covar=0.0, init=init)
     with pytest.raises(NonFiniteError, match=r"covariance of mixture component 1 .*singular.*"
                        r"Raise the floor reg_covar \(now 0\), use fewer components "

@@ -1,0 +1,167 @@
+"""``compare``: one row of ELBO-vs-evidence diagnostics per fit, as a text table, an HTML
+table for notebooks, or a pandas DataFrame."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+from collections.abc import Mapping, Sequence
+
+from pyrovi.diagnostics.diagnose import Diagnostics, diagnose
+
+__all__ = ["ComparisonTable", "compare", "COLUMNS"]
+
+#: Column name -> (header, format) of a comparison table, in display order.
+COLUMNS = {
+    "name": ("fit", "{}"),
+    "family": ("family", "{}"),
+    "elbo": ("ELBO", "{:.4f}"),
+    "elbo_se": ("ELBO se", "{:.4f}"),
+    "log_evidence": ("log p(x)", "{:.4f}"),
+    "log_evidence_se": ("log p(x) se", "{:.4f}"),
+    "log_evidence_method": ("method", "{}"),
+    "gap": ("gap", "{:.4f}"),
+    "gap_se": ("gap se", "{:.4f}"),
+    "khat": ("k-hat", "{:.3f}"),
+    "ess": ("ESS", "{:.0f}"),
+    "num_steps": ("steps", "{}"),
+    "wall_time": ("time (s)", "{:.2f}"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparisonTable:
+    """Diagnostics of several fits side by side.
+
+    Attributes
+    ----------
+    rows : tuple of dict
+        One dict per fit with the keys of :data:`COLUMNS`: ``name``, ``family``, ``elbo``,
+        ``elbo_se``, ``log_evidence``, ``log_evidence_se``, ``log_evidence_method``,
+        ``gap``, ``gap_se`` (nats), ``khat``, ``ess``, ``num_steps`` (optimizer steps or EM
+        iterations) and ``wall_time`` (seconds of the fit).
+    diagnostics : dict of str to Diagnostics
+        The full diagnostics of each fit, by name.
+    """
+
+    rows: tuple
+    diagnostics: dict
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The column keys, in display order."""
+        return tuple(COLUMNS)
+
+    def _cells(self) -> list[list[str]]:
+        out = []
+        for row in self.rows:
+            cells = []
+            for key, (_, fmt) in COLUMNS.items():
+                value = row[key]
+                if isinstance(value, float) and not math.isfinite(value):
+                    cells.append(str(value))
+                else:
+                    cells.append(fmt.format(value))
+            out.append(cells)
+        return out
+
+    def __str__(self) -> str:
+        headers = [h for h, _ in COLUMNS.values()]
+        cells = self._cells()
+        widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+        def line(parts):
+            return "  ".join(
+                p.ljust(w) if i < 2 else p.rjust(w)
+                for i, (p, w) in enumerate(zip(parts, widths, strict=True))
+            )
+
+        rule = "  ".join("-" * w for w in widths)
+        return "\n".join([line(headers), rule] + [line(r) for r in cells])
+
+    def __repr__(self) -> str:
+        return f"ComparisonTable({len(self.rows)} fits)\n{self}"
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in COLUMNS.values())
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+            for row in self._cells()
+        )
+        return (f"<table class='pyrovi-comparison'><thead><tr>{head}</tr></thead>"
+                f"<tbody>{body}</tbody></table>")
+
+    def to_pandas(self):
+        """The table as a ``pandas.DataFrame`` indexed by fit name (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as err:  # pragma: no cover - pandas is a test extra
+            raise ImportError(
+                "ComparisonTable.to_pandas needs pandas; install it with `pip install pandas`"
+            ) from err
+        return pd.DataFrame([dict(r) for r in self.rows], columns=list(COLUMNS)).set_index("name")
+
+
+def _row(name: str, result, diag: Diagnostics) -> dict:
+    steps = getattr(result, "num_steps", None)
+    if steps is None:
+        steps = getattr(result, "n_iter", 0)
+    return {
+        "name": name,
+        "family": diag.family,
+        "elbo": diag.elbo,
+        "elbo_se": diag.elbo_se,
+        "log_evidence": diag.log_evidence,
+        "log_evidence_se": diag.log_evidence_se,
+        "log_evidence_method": diag.log_evidence_method,
+        "gap": diag.gap,
+        "gap_se": diag.gap_se,
+        "khat": diag.khat,
+        "ess": diag.ess,
+        "num_steps": int(steps),
+        "wall_time": float(getattr(result, "wall_time", math.nan)),
+    }
+
+
+def compare(
+    results: Mapping | Sequence,
+    *,
+    num_particles: int = 10_000,
+    seed: int | None = None,
+    evidence="auto",
+) -> ComparisonTable:
+    """Diagnose several fits and tabulate them, one row per fit.
+
+    Parameters
+    ----------
+    results : mapping of str to result, or sequence of results
+        ``{"meanfield": r1, "fullrank": r2, "em": r3}``; a sequence is named by family.
+    num_particles, seed, evidence
+        Passed to :func:`~pyrovi.diagnostics.diagnose` for every fit.
+
+    Returns
+    -------
+    ComparisonTable
+    """
+    if isinstance(results, Mapping):
+        items = [(str(k), v) for k, v in results.items()]
+    elif isinstance(results, Sequence) and not isinstance(results, str):
+        items, seen = [], {}
+        for r in results:
+            name = str(getattr(r, "family", type(r).__name__))
+            seen[name] = seen.get(name, 0) + 1
+            items.append((name if seen[name] == 1 else f"{name}#{seen[name]}", r))
+    else:
+        raise TypeError(
+            "results must be a dict of name -> VIResult/EMResult or a list of results, got "
+            f"{type(results).__name__}"
+        )
+    if not items:
+        raise ValueError("results is empty; expected at least one fit to compare")
+    diags = {
+        name: diagnose(r, num_particles=num_particles, seed=seed, evidence=evidence)
+        for name, r in items
+    }
+    rows = tuple(_row(name, r, diags[name]) for name, r in items)
+    return ComparisonTable(rows, diags)

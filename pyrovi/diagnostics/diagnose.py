@@ -1,0 +1,240 @@
+r"""``diagnose``: how far a fit's posterior approximation is from the true posterior.
+
+For any q, :math:`\log p(x) = \mathrm{ELBO}(q) + \mathrm{KL}(q \,\|\, p(z \mid x))`, so the
+gap between the log evidence and the ELBO is the KL divergence the guide leaves.  One set of
+importance draws :math:`z_s \sim q` gives the ELBO, the importance-weighted bounds
+:math:`\mathcal{L}_K` (Burda et al., 2016), the effective sample size and the PSIS
+:math:`\hat k` (Vehtari et al., 2024; Yao et al., 2018); the log evidence is exact where it
+is tractable, else the importance estimate from the same draws, or AIS on request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from pyro.infer.autoguide import AutoDelta
+
+from pyrovi.diagnostics.bounds import Bound, gap_from_weights, iwae_bounds, log_mean_exp, mean_se
+from pyrovi.diagnostics.bounds import ess as _ess
+from pyrovi.diagnostics.evidence import (
+    Estimate,
+    IntractableError,
+    _is_result,
+    exact_log_evidence,
+    log_evidence,
+)
+from pyrovi.diagnostics.gradients import gradient_estimators
+from pyrovi.diagnostics.psis import psis_diagnostic
+from pyrovi.diagnostics.weights import (
+    DEFAULT_CHUNK,
+    _check_particles,
+    check_result,
+    result_log_weights,
+)
+
+__all__ = ["Diagnostics", "diagnose", "IWAE_KS"]
+
+#: The K of the importance-weighted bounds reported by :func:`diagnose`.
+IWAE_KS = (1, 10, 100, 1000)
+
+#: Largest latent dimension for which ``evidence="auto"`` tries the exact Gaussian evidence.
+AUTO_EXACT_MAX_DIM = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnostics:
+    r"""ELBO-vs-evidence diagnostics of one fit.  All values in nats, totals over the data
+    with every constant included.
+
+    Attributes
+    ----------
+    family : str
+        The fit's guide family (``"em"`` for an EM fit).
+    elbo, elbo_se : float
+        :math:`\mathbb{E}_q[\log p(x, z) - \log q(z)]` from ``num_particles`` draws, and its
+        standard error.  Always :math:`\le` ``log_evidence`` in expectation.
+    log_evidence, log_evidence_se : float
+        :math:`\log p(x)` and its standard error (0 when exact).
+    log_evidence_method : str
+        ``"exact"``, ``"importance"`` (from the same draws as the ELBO) or ``"ais"``.
+    gap, gap_se : float
+        ``log_evidence - elbo`` (:math:`\ge 0` up to Monte Carlo error): an estimate of
+        :math:`\mathrm{KL}(q \,\|\, p(z \mid x))`, with its standard error.  With an
+        importance evidence it is a lower estimate (the importance estimate is itself biased
+        low when q is poor; check ``khat``).
+    iwae : tuple of Bound
+        :math:`\mathcal{L}_K` for :math:`K = 1, 10, 100, 1000` (those with at least one
+        group of K draws); :math:`\mathcal{L}_1` is the ELBO and :math:`\mathcal{L}_K` rises
+        toward :math:`\log p(x)` in expectation.
+    khat : float
+        PSIS Pareto shape of the importance weights (below ``khat_threshold``: reliable).
+    khat_threshold : float
+        :math:`\min(1 - 1/\log_{10} S, 0.7)`.
+    khat_verdict : str
+        What ``khat`` says, in plain words.
+    ess : float
+        Importance-sampling effective sample size, :math:`(\sum w)^2 / \sum w^2`, in
+        ``[1, num_particles]``.
+    num_particles : int
+        Draws from q behind ``elbo``, ``iwae``, ``khat`` and ``ess``.
+    gradient_estimators : dict of str to str
+        Latent site -> the gradient estimator Pyro used for it in the fit
+        (``"reparameterized"``, ``"score-function"``, ``"enumerated (exact sum)"``, or none
+        for EM).
+    log_evidence_estimate : Estimate
+        The full log-evidence estimate (method details in ``info``).
+    """
+
+    family: str
+    elbo: float
+    elbo_se: float
+    log_evidence: float
+    log_evidence_se: float
+    log_evidence_method: str
+    gap: float
+    gap_se: float
+    iwae: tuple
+    khat: float
+    khat_threshold: float
+    khat_verdict: str
+    ess: float
+    num_particles: int
+    gradient_estimators: dict
+    log_evidence_estimate: Estimate = dataclasses.field(repr=False)
+
+    def iwae_bound(self, k: int) -> Bound:
+        """The bound :math:`\\mathcal{L}_K` for ``k`` (KeyError if not computed)."""
+        for bound in self.iwae:
+            if bound.k == k:
+                return bound
+        raise KeyError(f"L_K for K={k} was not computed; available: {[b.k for b in self.iwae]}")
+
+    def __str__(self) -> str:
+        lines = [
+            f"Diagnostics of a {self.family!r} fit ({self.num_particles} draws from q)",
+            f"  ELBO            {self.elbo:14.4f} ± {self.elbo_se:.4f}",
+            f"  log p(x)        {self.log_evidence:14.4f} ± {self.log_evidence_se:.4f}"
+            f"  ({self.log_evidence_method})",
+            f"  gap (KL)        {self.gap:14.4f} ± {self.gap_se:.4f}",
+        ]
+        for b in self.iwae:
+            lines.append(f"  L_{b.k:<13d} {b.value:14.4f} ± {b.se:.4f}")
+        lines.append(f"  ESS             {self.ess:14.1f}")
+        lines.append(f"  k-hat           {self.khat:14.3f}  ({self.khat_verdict})")
+        for site, est in self.gradient_estimators.items():
+            lines.append(f"  gradient of {site!r}: {est}")
+        return "\n".join(lines)
+
+
+def _check_evidence(evidence):
+    if isinstance(evidence, Estimate):
+        return
+    if evidence not in ("auto", "exact", "importance", "ais"):
+        raise ValueError(
+            f"evidence={evidence!r} is not known; expected 'auto', 'exact', 'importance', "
+            "'ais' or an Estimate from pyrovi.log_evidence"
+        )
+
+
+def diagnose(
+    result,
+    *,
+    num_particles: int = 10_000,
+    seed: int | None = None,
+    evidence="auto",
+    chunk_size: int = DEFAULT_CHUNK,
+) -> Diagnostics:
+    """Diagnose a ``VIResult`` or ``EMResult``: ELBO, log evidence, their gap, the IWAE
+    bounds, PSIS k-hat, ESS and the gradient estimator of each site.
+
+    Parameters
+    ----------
+    result : VIResult or EMResult
+        The fit, holding its model and arguments.
+    num_particles : int
+        Draws from q (default 10,000; at least 2).  Fits whose model cannot broadcast over
+        particles, or with enumerated discrete latents, draw them one at a time.
+    seed : int, optional
+        Seed of the draws.
+    evidence : {"auto", "exact", "importance", "ais"} or Estimate
+        Where the log evidence comes from.  ``"auto"``: exact for an EM fit or a model where
+        it is tractable (finite discrete latents, linear-Gaussian up to 500 dimensions),
+        else the importance estimate from the same draws.  An :class:`Estimate` (e.g. from
+        ``log_evidence(..., method="ais")``) is used as given.
+    chunk_size : int
+        Particles per vectorized chunk (bounds memory).
+
+    Returns
+    -------
+    Diagnostics
+
+    Raises
+    ------
+    ValueError
+        A result without its model or arguments, ``num_particles`` < 2, an unknown
+        ``evidence``; ``IntractableError`` for ``evidence="exact"`` on a model without an
+        exact form; ``ModelError`` naming the site that produced non-finite weights.
+    """
+    if not _is_result(result):
+        raise TypeError(
+            f"diagnose expects a pyrovi.VIResult or EMResult, got {type(result).__name__}"
+        )
+    check_result(result)
+    if isinstance(getattr(result, "guide", None), AutoDelta):
+        raise ValueError(
+            f"diagnose needs a guide with a density; the {result.family!r} fit is a point "
+            "mass (AutoDelta), whose ELBO is -inf and whose importance weights are "
+            "undefined. Fit guide='laplace' for a Gaussian around the MAP, or another family."
+        )
+    _check_particles(num_particles)
+    _check_evidence(evidence)
+    is_em = hasattr(result, "log_posterior")
+    weights = result_log_weights(result, num_particles, seed=seed, chunk_size=chunk_size)
+    log_w = weights.log_w
+    elbo, elbo_se = mean_se(log_w)
+    estimate = None
+    if isinstance(evidence, Estimate):
+        estimate = evidence
+    elif is_em and evidence in ("auto", "exact"):
+        estimate = Estimate(float(result.log_evidence), 0.0, "exact", 0, {"how": "em"})
+    elif evidence in ("auto", "exact"):
+        dim = sum(
+            math.prod(result.site_shapes[k].shape) if k in getattr(result, "site_shapes", {})
+            else 1 for k in result.latent_sites
+        )
+        if evidence == "exact" or dim <= AUTO_EXACT_MAX_DIM:
+            with result.scope():
+                try:
+                    estimate = exact_log_evidence(result.model, result.args, result.kwargs)
+                except IntractableError:
+                    if evidence == "exact":
+                        raise
+    elif evidence == "ais":
+        estimate = log_evidence(result, method="ais", seed=seed)
+    if estimate is None:  # importance from the same draws: joint standard error of the gap
+        value, se = log_mean_exp(log_w)
+        estimate = Estimate(value, se, "importance", weights.num_particles, {"ess": _ess(log_w)})
+        gap, gap_se = gap_from_weights(log_w)
+    else:
+        gap = estimate.value - elbo
+        gap_se = math.sqrt(elbo_se**2 + estimate.se**2)
+    psis = psis_diagnostic(log_w)
+    return Diagnostics(
+        family=str(getattr(result, "family", type(result).__name__)),
+        elbo=elbo,
+        elbo_se=elbo_se,
+        log_evidence=estimate.value,
+        log_evidence_se=estimate.se,
+        log_evidence_method=estimate.method,
+        gap=gap,
+        gap_se=gap_se,
+        iwae=iwae_bounds(log_w, IWAE_KS),
+        khat=psis.khat,
+        khat_threshold=psis.threshold,
+        khat_verdict=psis.verdict,
+        ess=_ess(log_w),
+        num_particles=weights.num_particles,
+        gradient_estimators=gradient_estimators(result),
+        log_evidence_estimate=estimate,
+    )

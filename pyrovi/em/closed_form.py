@@ -1,0 +1,61 @@
+"""The interface of pyrovi's ready models, whose E- and M-steps are closed-form.
+
+A ready model is an ordinary Pyro model (calling it runs ``pyro.param`` / ``pyro.sample``
+statements, so the generic path and every other pyrovi tool can use it) that also knows
+its EM updates in closed form.  ``EM(m_step="auto")`` recognises it by this base class.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+
+from pyrovi.em.result import DiscretePosterior, GaussianPosterior
+
+__all__ = ["ClosedFormModel"]
+
+
+class ClosedFormModel(abc.ABC):
+    """Base class of models with closed-form EM steps (see :mod:`pyrovi.em.gmm`,
+    :mod:`pyrovi.em.factor_analysis`).
+
+    Subclasses define ``latent_site`` (name of the latent sample site), ``max_plate_nesting``
+    and the methods below; all take the data tensor that :meth:`prepare` returned.
+    """
+
+    latent_site: str = "z"
+    max_plate_nesting: int = 1
+
+    @abc.abstractmethod
+    def __call__(self, data: torch.Tensor) -> None:
+        """The Pyro model."""
+
+    @property
+    @abc.abstractmethod
+    def param_constraints(self) -> dict:
+        """Parameter name -> constraint, as declared by the Pyro model."""
+
+    @abc.abstractmethod
+    def prepare(self, data: torch.Tensor) -> torch.Tensor:
+        """Check the data (naming the argument) and convert it to the working dtype."""
+
+    @abc.abstractmethod
+    def init_params(self, data: torch.Tensor) -> dict:
+        """Initial parameters, drawn from torch's (seeded) global generator."""
+
+    @abc.abstractmethod
+    def e_step(self, data: torch.Tensor, params: dict) -> tuple[float, object]:
+        """``(log p(x | params), posterior statistics)``."""
+
+    @abc.abstractmethod
+    def m_step(self, data: torch.Tensor, stats: object) -> dict:
+        """Parameters maximising ``Q`` given the E-step statistics."""
+
+    @abc.abstractmethod
+    def posterior(self, data: torch.Tensor, stats: object) -> DiscretePosterior | GaussianPosterior:
+        """The exact posterior held by the E-step statistics."""
+
+    def n_obs(self, data: torch.Tensor) -> int:
+        """Number of observations (rows of the data)."""
+        return int(data.shape[0])

@@ -1,0 +1,351 @@
+r"""Exact E-steps of the generic EM path, as functions of a Pyro model at fixed parameters.
+
+Two kinds of latents have an exact posterior that pyrovi computes:
+
+* **finite discrete latents** (mixtures, hidden Markov chains): Pyro's parallel
+  enumeration (:func:`~pyro.infer.config_enumerate`, :class:`~pyro.poutine.enum`) lays out
+  every site's log-density over the enumerated values, and Pyro's tensor message passing
+  (:func:`pyro.ops.contract.contract_to_tensor`, the same contraction ``TraceEnum_ELBO``
+  uses) sums them out to the exact log evidence :math:`\log Z = \log p(x \mid \theta)`.
+  The posterior marginal of every factor is the gradient of :math:`\log Z` with respect to
+  that factor, so one backward pass gives the weights of
+
+  .. math:: Q(\theta \mid \theta_t) = \sum_f \sum_{v} p(v \mid x, \theta_t)\,
+            \log f_\theta(v),
+
+  the expectation the M-step maximises (pairwise marginals of a Markov chain included).
+
+* **linear-Gaussian latents**: the log joint :math:`g(z) = \log p(x, z \mid \theta)` is
+  quadratic in the flattened latent vector ``z``, so the posterior is
+  :math:`N(\mu, (-H)^{-1})` with ``H`` the Hessian of ``g`` and
+  :math:`\mu = z_0 - H^{-1} \nabla g(z_0)`, and the Laplace identity is exact:
+  :math:`\log p(x) = g(\mu) + \tfrac d2 \log 2\pi - \tfrac12 \log\det(-H)`.
+  :math:`E_q[g_\theta(z)]` is computed exactly with ``2d`` symmetric sigma points
+  :math:`\mu \pm \sqrt d\, L e_i` (:math:`L L^\top = \Sigma`), which is exact for every
+  quadratic ``g``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer import config_enumerate
+from pyro.ops.contract import contract_to_tensor
+from pyro.poutine.util import prune_subsample_sites
+from torch.distributions import constraints
+
+from pyrovi._model import ModelInfo, model_name
+from pyrovi._runtime import warn
+from pyrovi.em.posterior_ops import particle_log_joint
+from pyrovi.errors import FallbackWarning, ModelError, PyroviError
+
+__all__ = [
+    "latent_kind",
+    "EnumEStep",
+    "enum_e_step",
+    "enum_expected_log_joint",
+    "GaussianEStep",
+    "gaussian_e_step",
+    "gaussian_expected_log_joint",
+    "check_quadratic",
+]
+
+_VI_HINT = "use pyrovi.VI for this model instead"
+
+
+def _is_real(support) -> bool:
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return isinstance(support, type(constraints.real))
+
+
+def latent_kind(info: ModelInfo, model: Callable) -> str:
+    """``"discrete"`` or ``"gaussian"``: which exact E-step fits the model's latents.
+
+    Raises
+    ------
+    ModelError
+        Before any work, naming the site, when a latent has an infinite discrete support,
+        a constrained (non-Gaussian) continuous support, or when discrete and continuous
+        latents are mixed.
+    """
+    name = model_name(model)
+    if not info.latent:
+        raise ModelError(
+            f"model {name!r} has no latent (unobserved) sample site; EM needs latent "
+            "variables to take the expectation over. Fit the parameters by maximum "
+            "likelihood (e.g. pyrovi.VI with an empty guide) instead."
+        )
+    if info.subsampled:
+        raise ModelError(
+            f"model {name!r} subsamples a plate; exact EM needs the whole data set in every "
+            "iteration. Remove the plate's subsample_size, or use pyrovi.VI for minibatch fits."
+        )
+    for site in info.infinite_discrete:
+        support = info.trace.nodes[site]["fn"]
+        raise ModelError(
+            f"site {site!r} is discrete with infinite support ({type(support).__name__}); EM "
+            "needs a finite support or a conjugate Gaussian latent - " + _VI_HINT,
+            site=site,
+        )
+    cont = info.continuous
+    for site in cont:
+        support = info.trace.nodes[site]["fn"].support
+        if not _is_real(support):
+            raise ModelError(
+                f"site {site!r} is a continuous latent with support {support}; EM needs its "
+                "log joint to be quadratic in an unconstrained (real) latent, i.e. a "
+                "linear-Gaussian model, or a finite discrete latent - " + _VI_HINT,
+                site=site,
+            )
+    if cont and info.discrete:
+        raise ModelError(
+            f"model {name!r} mixes discrete latents {list(info.discrete)} with continuous "
+            f"latents {list(cont)} (first continuous site {cont[0]!r}); exact EM handles "
+            "either finite discrete latents or linear-Gaussian latents, not both - " + _VI_HINT,
+            site=cont[0],
+        )
+    return "gaussian" if cont else "discrete"
+
+
+# --------------------------------------------------------------------------- enumeration
+
+
+def _enum_trace(model: Callable, max_plate_nesting: int, args: tuple, kwargs: dict):
+    enum_model = poutine.enum(
+        config_enumerate(model, "parallel"), first_available_dim=-1 - max_plate_nesting
+    )
+    trace = poutine.trace(enum_model).get_trace(*args, **kwargs)
+    trace = prune_subsample_sites(trace)
+    trace.compute_log_prob()
+    trace.pack_tensors()
+    return trace
+
+
+def _factors(trace) -> tuple[list, list, set]:
+    """(ordinal, packed log-prob) of every sample site, and the enumerated dim symbols."""
+    factors, names = [], []
+    enum_dims: set = set()
+    plate_dims: set = set()
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        ordinal = frozenset(
+            trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized
+        )
+        log_prob = site["packed"]["log_prob"]
+        plate_dims |= ordinal
+        if site["infer"].get("_enumerate_dim") is not None:
+            enum_dims.update(log_prob._pyro_dims)
+        factors.append((ordinal, log_prob))
+        names.append(name)
+    return factors, names, enum_dims - plate_dims
+
+
+@dataclasses.dataclass(frozen=True)
+class EnumEStep:
+    """Exact E-step of finite discrete latents.
+
+    Attributes
+    ----------
+    log_evidence : torch.Tensor
+        Scalar :math:`\\log p(x \\mid \\theta_t)` (detached).
+    weights : tuple of torch.Tensor
+        Posterior marginal of every site factor of the enumerated trace (trace order),
+        packed like the factor; ``1`` for factors that depend on no enumerated value.
+    """
+
+    log_evidence: torch.Tensor
+    weights: tuple
+
+
+def enum_e_step(model: Callable, max_plate_nesting: int, args: tuple, kwargs: dict) -> EnumEStep:
+    """Exact log evidence and factor marginals by enumeration, at the current parameters."""
+    with torch.no_grad():
+        trace = _enum_trace(model, max_plate_nesting, args, kwargs)
+    factors, _, sum_dims = _factors(trace)
+    leaves, tree, const = [], OrderedDict(), 0.0
+    with torch.enable_grad():
+        for ordinal, log_prob in factors:
+            leaf = log_prob.detach().requires_grad_()
+            leaf._pyro_dims = log_prob._pyro_dims
+            leaves.append(leaf)
+            if sum_dims.isdisjoint(log_prob._pyro_dims):
+                const = const + leaf.sum()
+            else:
+                tree.setdefault(ordinal, []).append(leaf)
+        log_z = const
+        if tree:
+            log_z = log_z + contract_to_tensor(tree, sum_dims).sum()
+        grads = torch.autograd.grad(log_z, leaves, allow_unused=True)
+    weights = tuple(
+        torch.ones_like(leaf) if g is None else g.detach()
+        for leaf, g in zip(leaves, grads, strict=True)
+    )
+    return EnumEStep(log_evidence=log_z.detach(), weights=weights)
+
+
+def enum_expected_log_joint(
+    model: Callable, max_plate_nesting: int, args: tuple, kwargs: dict, estep: EnumEStep
+) -> torch.Tensor:
+    r""":math:`Q(\theta \mid \theta_t)` at the current parameters, differentiable in them."""
+    trace = _enum_trace(model, max_plate_nesting, args, kwargs)
+    factors, _, _ = _factors(trace)
+    total = 0.0
+    for (_, log_prob), w in zip(factors, estep.weights, strict=True):
+        lp = log_prob.expand_as(w) if log_prob.shape != w.shape else log_prob
+        total = total + torch.where(w > 0, w * lp, torch.zeros_like(lp)).sum()
+    return total
+
+
+# ------------------------------------------------------------------------ linear-Gaussian
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianEStep:
+    """Exact E-step of linear-Gaussian latents (one block over the whole latent vector).
+
+    Attributes
+    ----------
+    log_evidence : torch.Tensor
+        Scalar :math:`\\log p(x \\mid \\theta_t)` by the (exact) Laplace identity.
+    mean : torch.Tensor
+        Posterior mean of the flattened latent vector, shape ``(d,)``.
+    covariance : torch.Tensor
+        Posterior covariance :math:`(-H)^{-1}`, shape ``(d, d)``.
+    """
+
+    log_evidence: torch.Tensor
+    mean: torch.Tensor
+    covariance: torch.Tensor
+
+
+def _grad_hessian(f: Callable, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def scalar(v):
+        return f(v.unsqueeze(0)).squeeze(0)
+
+    with torch.enable_grad():
+        z = z.detach().requires_grad_()
+        (g,) = torch.autograd.grad(scalar(z), z)
+        try:
+            H = torch.autograd.functional.hessian(scalar, z.detach(), vectorize=True)
+        except RuntimeError:  # a model op without a batching rule: one backward per row
+            H = torch.autograd.functional.hessian(scalar, z.detach())
+    return g.detach(), H.detach()
+
+
+def check_quadratic(
+    f: Callable, z0: torch.Tensor, sites: tuple, rtol: float = 1e-5
+) -> None:
+    """Refuse a log joint that is not quadratic in the latents: its Hessian must not change.
+
+    The Hessian is compared at ``z0`` and at a second, random point; the first latent site
+    whose rows differ is named.
+    """
+    _, H0 = _grad_hessian(f, z0)
+    z1 = z0 + 0.7 * torch.randn_like(z0) + 0.3
+    _, H1 = _grad_hessian(f, z1)
+    diff = (H1 - H0).abs()
+    bad = diff > rtol * (H0.abs() + H1.abs()).clamp_min(1e-8) + 1e-8
+    bad_rows = (bad.any(-1) | ~torch.isfinite(H0).all(-1) | ~torch.isfinite(H1).all(-1))
+    if bool(bad_rows.any()):
+        row = int(bad_rows.nonzero()[0])
+        offset, name = 0, sites[-1][0]
+        for site, shape in sites:
+            offset += math.prod(shape)
+            if row < offset:
+                name = site
+                break
+        raise ModelError(
+            f"site {name!r} is a continuous latent whose log joint is not quadratic (its "
+            "Hessian changes between two points), so its posterior is not Gaussian and EM "
+            "has no exact E-step for it - " + _VI_HINT,
+            site=name,
+        )
+
+
+def gaussian_e_step(f: Callable, z0: torch.Tensor, sites: tuple) -> GaussianEStep:
+    """Exact Gaussian posterior and log evidence of a log joint ``f`` quadratic in ``z``."""
+    g, H = _grad_hessian(f, z0)
+    precision = -0.5 * (H + H.mT)
+    chol, info = torch.linalg.cholesky_ex(precision)
+    if int(info) != 0:
+        raise PyroviError(
+            "the posterior precision -H of the latents "
+            f"{[name for name, _ in sites]} is not positive definite at the current "
+            "parameters (the log joint is not concave in the latents: an improper prior or a "
+            "latent the data do not determine); give every latent a proper Gaussian prior"
+        )
+    mean = z0 + torch.cholesky_solve(g.unsqueeze(-1), chol).squeeze(-1)
+    d = mean.numel()
+    with torch.no_grad():
+        log_joint = f(mean.unsqueeze(0)).squeeze(0)
+    log_ev = log_joint + 0.5 * d * math.log(2 * math.pi) - chol.diagonal().log().sum()
+    return GaussianEStep(
+        log_evidence=log_ev.detach(), mean=mean.detach(), covariance=torch.cholesky_inverse(chol)
+    )
+
+
+def gaussian_expected_log_joint(f: Callable, estep: GaussianEStep) -> torch.Tensor:
+    r"""Exact :math:`E_{N(\mu,\Sigma)}[f(z)]` for quadratic ``f`` by ``2d`` sigma points."""
+    d = estep.mean.numel()
+    L = torch.linalg.cholesky(estep.covariance)
+    offsets = math.sqrt(d) * L.mT  # row i = sqrt(d) * column i of L
+    points = torch.cat([estep.mean + offsets, estep.mean - offsets], dim=0)
+    return f(points).mean()
+
+
+def make_log_joint(
+    model: Callable, args: tuple, kwargs: dict, sites: tuple, particle_dim: int, layout: dict
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``f(z)``: the model's log joint at latent vectors ``z`` of shape ``(n, d)``, ``(n,)``.
+
+    Evaluated in one vectorized run of the model inside a particle plate; a model that does
+    not broadcast over that plate is evaluated one draw at a time (with a FallbackWarning).
+    """
+    state = {"vectorize": True}
+
+    def f(flat: torch.Tensor) -> torch.Tensor:
+        values, offset = {}, 0
+        for name, shape in sites:
+            size = math.prod(shape)
+            values[name] = flat[:, offset : offset + size].reshape((flat.shape[0],) + shape)
+            offset += size
+        if state["vectorize"] and flat.shape[0] > 1:
+            try:
+                return particle_log_joint(model, args, kwargs, values, particle_dim, layout)
+            except (RuntimeError, ValueError) as err:
+                state["vectorize"] = False
+                warn(
+                    f"model {model_name(model)!r} does not broadcast over an extra batch "
+                    f"dim {particle_dim} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                    "EM evaluates its log joint one latent value at a time, which is "
+                    "slower. Write the model with batch-friendly ops (e.g. "
+                    "(x * w).sum(-1) for x @ w) to vectorize it.",
+                    FallbackWarning,
+                )
+        return particle_log_joint(model, args, kwargs, values, particle_dim, layout,
+                                  vectorize=False)
+
+    return f
+
+
+def latent_layout(info: ModelInfo) -> tuple[tuple, torch.Tensor]:
+    """The latent sites with their value shapes, and their prototype values flattened."""
+    sites, values = [], []
+    for name in info.latent:
+        value = info.trace.nodes[name]["value"]
+        sites.append((name, tuple(value.shape)))
+        values.append(value.detach().reshape(-1))
+    return tuple(sites), torch.cat(values)
+
+
+def current_params() -> list[torch.Tensor]:
+    """The unconstrained leaves of the active parameter store."""
+    return [p for _, p in pyro.get_param_store().named_parameters()]
