@@ -3,6 +3,7 @@ Pyro models."""
 
 from pyrovi._version import __version__
 from pyrovi.arviz import to_arviz
+from pyrovi.calibration import CalibrationResult, calibrate, plot_calibration
 from pyrovi.diagnostics import (
     AIS,
     ComparisonTable,
@@ -46,6 +47,9 @@ __all__ = [
     "ComparisonTable",
     "plot_elbo",
     "plot_gap",
+    "calibrate",
+    "CalibrationResult",
+    "plot_calibration",
     "FAMILIES",
     "PyroviError",
     "ModelError",

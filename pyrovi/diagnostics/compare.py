@@ -130,6 +130,7 @@ def compare(
     num_particles: int = 10_000,
     seed: int | None = None,
     evidence="auto",
+    diagnostics: Mapping | None = None,
 ) -> ComparisonTable:
     """Diagnose several fits and tabulate them, one row per fit.
 
@@ -139,6 +140,9 @@ def compare(
         ``{"meanfield": r1, "fullrank": r2, "em": r3}``; a sequence is named by family.
     num_particles, seed, evidence
         Passed to :func:`~pyrovi.diagnostics.diagnose` for every fit.
+    diagnostics : mapping of str to Diagnostics, optional
+        Diagnostics already computed for some fits (by name); those fits are not diagnosed
+        again.
 
     Returns
     -------
@@ -159,8 +163,11 @@ def compare(
         )
     if not items:
         raise ValueError("results is empty; expected at least one fit to compare")
+    done = dict(diagnostics or {})
     diags = {
-        name: diagnose(r, num_particles=num_particles, seed=seed, evidence=evidence)
+        name: done[name]
+        if name in done
+        else diagnose(r, num_particles=num_particles, seed=seed, evidence=evidence)
         for name, r in items
     }
     rows = tuple(_row(name, r, diags[name]) for name, r in items)

@@ -90,7 +90,9 @@ def psis_diagnostic(log_w: torch.Tensor) -> PSIS:
         warnings.simplefilter("ignore")
         _, khat = az.psislw(lw - lw.max())
     khat = float(np.asarray(khat))
-    if not math.isfinite(khat):  # degenerate (constant) weights: no tail at all
-        khat = -math.inf if float(np.ptp(lw)) == 0.0 else math.inf
+    spread = float(np.ptp(lw))
+    if not math.isfinite(khat):  # degenerate weights: constant up to round-off, no tail
+        constant = spread <= 1e-9 * max(1.0, float(np.abs(lw).max()))
+        khat = -math.inf if constant else math.inf
     threshold = khat_threshold(s) if s > 10 else 0.0
     return PSIS(khat, threshold, khat < threshold, _verdict(khat, threshold, s), s)
