@@ -2,7 +2,7 @@
 Pyro models."""
 
 from pyrovi._version import __version__
-from pyrovi.arviz import to_arviz
+from pyrovi.arviz import load_netcdf, save_netcdf, to_arviz
 from pyrovi.calibration import CalibrationResult, calibrate, plot_calibration
 from pyrovi.diagnostics import (
     AIS,
@@ -28,7 +28,8 @@ from pyrovi.errors import (
     PyroviWarning,
 )
 from pyrovi.guides import FAMILIES
-from pyrovi.vi import VI, VIResult, resume
+from pyrovi.resume import resume
+from pyrovi.vi import VI, VIResult
 
 __all__ = [
     "__version__",
@@ -36,6 +37,8 @@ __all__ = [
     "VIResult",
     "resume",
     "to_arviz",
+    "save_netcdf",
+    "load_netcdf",
     "EM",
     "EMResult",
     "diagnose",

@@ -7,5 +7,9 @@ only when an export is made.
 
 from pyrovi.arviz.attrs import JSON_PREFIX, decode_attrs, encode_attrs
 from pyrovi.arviz.converter import ResultConverter, to_arviz
+from pyrovi.arviz.io import load_netcdf, save_netcdf
 
-__all__ = ["to_arviz", "decode_attrs", "encode_attrs", "JSON_PREFIX", "ResultConverter"]
+__all__ = [
+    "to_arviz",
+    "save_netcdf",
+    "load_netcdf", "decode_attrs", "encode_attrs", "JSON_PREFIX", "ResultConverter"]

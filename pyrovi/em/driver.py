@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 
 import numpy as np
+import pyro
 import torch
 from tqdm.auto import tqdm
 
@@ -31,12 +33,26 @@ from pyrovi._runtime import (
     store_params,
     warn,
 )
+from pyrovi.checkpoint import (
+    Checkpoint,
+    check_compatible,
+    check_picklable,
+    fingerprint,
+    save_checkpoint,
+)
 from pyrovi.em.closed_form import ClosedFormModel
 from pyrovi.em.engines import ClosedFormEngine, EnumEngine, GaussianEngine
 from pyrovi.em.estep import latent_kind
 from pyrovi.em.mstep import LBFGSMStep
 from pyrovi.em.result import EMResult
-from pyrovi.errors import ConvergenceWarning, ModelError, NonFiniteError
+from pyrovi.errors import (
+    CheckpointError,
+    CheckpointWarning,
+    ConvergenceWarning,
+    InterruptedFitWarning,
+    ModelError,
+    NonFiniteError,
+)
 
 __all__ = ["EM"]
 
@@ -89,6 +105,12 @@ class EM:
         Device of the fit; default: that of the first tensor argument.
     lbfgs : LBFGSMStep, optional
         Settings of the generic M-step (default ``LBFGSMStep()``).
+    checkpoint : str or os.PathLike, optional
+        Write a checkpoint to this path (atomically) every ``checkpoint_every`` iterations
+        and on Ctrl-C; :func:`pyrovi.resume` continues from it.  The model must be
+        picklable (a ready model, or a top-level function).
+    checkpoint_every : int
+        Iterations between checkpoints (default 10).
 
     Examples
     --------
@@ -108,7 +130,10 @@ class EM:
         progress: bool = True,
         device: str | torch.device | None = None,
         lbfgs: LBFGSMStep | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 10,
     ):
+        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         if not callable(model):
             raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
         check_positive("num_iters", num_iters, integer=True)
@@ -137,6 +162,19 @@ class EM:
         self.progress = bool(progress)
         self.device = device
         self.lbfgs = lbfgs or LBFGSMStep()
+        self.checkpoint_every = check_positive("checkpoint_every", checkpoint_every, integer=True)
+        if checkpoint is not None:
+            folder = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
+            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                raise ValueError(
+                    f"checkpoint={os.fspath(checkpoint)!r}: folder {folder!r} does not exist "
+                    "or is not writable; create it or pass another path"
+                )
+            check_picklable("model", model)
+            checkpoint = os.fspath(checkpoint)
+        self.checkpoint = checkpoint
+        self._resume: tuple[Checkpoint, str] | None = None
+        self.interrupted = False
 
     # ------------------------------------------------------------------------- run
     def run(self, *args, **kwargs) -> EMResult:
@@ -161,14 +199,22 @@ class EM:
         seed = resolve_seed(self.seed)
         closed = isinstance(self.model, ClosedFormModel) and self.m_step != "generic"
         make, meta = self._prepare(closed, args, kwargs, seed, device)
-        runs = []
-        for i in range(self.n_init):
+        runs, first, ckpt = [], 0, None
+        if self._resume is not None:
+            ckpt, path = self._resume
+            check_compatible(ckpt, path, kind="em", family="em", prints=meta["fingerprint"])
+            runs = [_Run(**r) for r in ckpt.schedule["runs"]]
+            first = ckpt.schedule["init"]
+        self._meta = dict(meta, closed=closed)
+        for i in range(first, self.n_init):
             run = _Run(init=i, seed=seed + i, trace=[])
             try:
                 with fit_context(run.seed, device):
                     engine = make(i)
+                    if ckpt is not None and i == first:
+                        self._restore(engine, run, ckpt, closed)
                     try:
-                        self._iterate(engine, run, meta["n_obs"])
+                        self._iterate(engine, run, meta["n_obs"], runs)
                     finally:  # the last good parameters are kept, also on failure
                         if closed:
                             engine.store()
@@ -178,8 +224,16 @@ class EM:
                 raise NonFiniteError(str(err), step=err.step, site=err.site,
                                      result=partial) from err
             runs.append(run)
+            if self.interrupted:
+                warn(
+                    f"EM was interrupted in restart {i + 1}/{self.n_init} after {run.n_iter} "
+                    "iterations; returning the best result so far"
+                    + (f" (checkpoint {self.checkpoint!r} written)" if self.checkpoint else ""),
+                    InterruptedFitWarning,
+                )
+                break
         best = max(runs, key=lambda r: r.log_evidence)
-        if not best.converged and self.tol > 0:
+        if not best.converged and self.tol > 0 and not self.interrupted:
             change = (best.trace[-1] - best.trace[-2]) / meta["n_obs"] if len(best.trace) > 1 \
                 else math.nan
             warn(
@@ -209,7 +263,8 @@ class EM:
                     "Remove or impute the missing values.", site="obs"
                 )
             meta = {"n_obs": model.n_obs(data), "mpn": model.max_plate_nesting,
-                    "latent": (model.latent_site,), "kind": "closed_form"}
+                    "latent": (model.latent_site,), "kind": "closed_form",
+                    "fingerprint": {"data": tuple(getattr(x, "shape", ()))}}
             return (lambda i: ClosedFormEngine(model, data)), meta
         with fit_context(seed, device):
             info = inspect_model(model, args, kwargs)
@@ -225,7 +280,7 @@ class EM:
             site = info.trace.nodes[name]
             n_obs += math.prod(site["value"].shape[: site["value"].dim() - site["fn"].event_dim])
         meta = {"n_obs": max(n_obs, 1), "mpn": info.max_plate_nesting, "latent": info.latent,
-                "kind": "generic"}
+                "kind": "generic", "fingerprint": fingerprint(info.trace)}
         settings = self.lbfgs
 
         def make(i: int):
@@ -238,13 +293,13 @@ class EM:
 
         return make, meta
 
-    def _iterate(self, engine, run: _Run, n_obs: int) -> None:
+    def _iterate(self, engine, run: _Run, n_obs: int, done: list) -> None:
         """The EM loop of one restart (sklearn's ``BaseMixture.fit`` habits)."""
-        bar = tqdm(total=self.num_iters, disable=not self.progress, leave=False,
-                   desc=f"EM init {run.init + 1}/{self.n_init}")
-        prev = -math.inf
+        bar = tqdm(total=self.num_iters, initial=run.n_iter, disable=not self.progress,
+                   leave=False, desc=f"EM init {run.init + 1}/{self.n_init}")
+        prev = run.trace[-1] if run.trace else -math.inf
         try:
-            for it in range(self.num_iters):
+            for it in range(run.n_iter, self.num_iters):
                 ll = self._checked(engine.e_step, it)
                 run.trace.append(ll)
                 self._checked(engine.m_step, it)
@@ -253,13 +308,70 @@ class EM:
                 prev = ll
                 bar.update(1)
                 bar.set_postfix(log_evidence=f"{ll:.6g}")
+                if self.checkpoint is not None and run.n_iter % self.checkpoint_every == 0:
+                    self._save(engine, run, done)
                 if self.tol > 0 and abs(change) < self.tol:
                     run.converged = True
                     break
-            run.log_evidence = self._checked(engine.e_step, run.n_iter)
-            run.posterior = engine.posterior()
+        except KeyboardInterrupt:
+            self.interrupted = True
+            if self.checkpoint is not None:
+                self._save(engine, run, done)
         finally:
             bar.close()
+        run.log_evidence = self._checked(engine.e_step, run.n_iter)
+        run.posterior = engine.posterior()
+
+    def _save(self, engine, run: _Run, done: list) -> None:
+        """Checkpoint the restart in progress (and the finished ones); warn on failure."""
+        closed = self._meta["closed"]
+        if closed:
+            engine.store()
+        ckpt = Checkpoint(
+            kind="em",
+            config=dict(self.config, seed=run.seed - run.init),
+            family="em",
+            fingerprint=self._meta["fingerprint"],
+            step=run.n_iter,
+            trace=list(run.trace),
+            param_state=snapshot_store(),
+            optim_state=None,
+            optim_param_names=[],
+            schedule={
+                "init": run.init,
+                "engine_params": dict(engine.params) if closed else None,
+                "runs": [dict(vars(r)) for r in done],
+            },
+            rng_state=torch.get_rng_state(),
+        )
+        try:
+            save_checkpoint(self.checkpoint, ckpt)
+        except Exception as err:
+            warn(
+                f"could not write checkpoint {self.checkpoint!r} at iteration {run.n_iter} "
+                f"({type(err).__name__}: {err}); EM goes on and the previous checkpoint, if "
+                "any, is intact",
+                CheckpointWarning,
+            )
+
+    @staticmethod
+    def _restore(engine, run: _Run, ckpt: Checkpoint, closed: bool) -> None:
+        """Continue a restart from a checkpoint: its parameters, trace and iteration."""
+        if closed:
+            engine.params = dict(ckpt.schedule["engine_params"])
+        else:
+            store = pyro.get_param_store()
+            with torch.no_grad():
+                for name, value in ckpt.param_state["params"].items():
+                    if name not in store:
+                        raise CheckpointError(
+                            f"the checkpoint holds parameter {name!r}, which this model does "
+                            "not create; resume with the model it was written for"
+                        )
+                    store[name].unconstrained().copy_(value)
+        run.trace = list(ckpt.trace)
+        run.n_iter = ckpt.step
+        torch.set_rng_state(ckpt.rng_state)
 
     @staticmethod
     def _checked(step: Callable, it: int):

@@ -1,6 +1,6 @@
 """Variational inference: the driver, its objective, convergence rule and result."""
 
-from pyrovi.vi.driver import VI, resume
+from pyrovi.vi.driver import VI
 from pyrovi.vi.result import VIResult
 
-__all__ = ["VI", "VIResult", "resume"]
+__all__ = ["VI", "VIResult"]

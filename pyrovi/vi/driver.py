@@ -25,13 +25,7 @@ from pyrovi._runtime import (
     resolve_seed,
     warn,
 )
-from pyrovi.checkpoint import (
-    Checkpoint,
-    check_compatible,
-    check_picklable,
-    fingerprint,
-    load_checkpoint,
-)
+from pyrovi.checkpoint import Checkpoint, check_compatible, check_picklable, fingerprint
 from pyrovi.errors import FallbackWarning
 from pyrovi.guides import GuideSpec, build_guide, parse_guide
 from pyrovi.vi.checks import check_model, check_user_guide
@@ -40,7 +34,7 @@ from pyrovi.vi.fit import Fit
 from pyrovi.vi.objective import vectorization_problem
 from pyrovi.vi.result import VIResult
 
-__all__ = ["VI", "resume"]
+__all__ = ["VI"]
 
 
 def _check_optim(optim) -> None:
@@ -280,45 +274,3 @@ class VI:
                 resume_from=self._resume[0] if self._resume else None,
             )
             return fit.train()
-
-
-def resume(
-    path: str | os.PathLike,
-    *,
-    num_steps: int | None = None,
-    model: Callable | None = None,
-    guide: object = None,
-) -> VI:
-    """Configure the fit saved in a checkpoint so that ``.run(*args)`` continues it.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        A checkpoint written by ``VI(..., checkpoint=path)``.
-    num_steps : int, optional
-        Steps in all (those before the checkpoint included); default: the original budget.
-    model, guide : optional
-        Replacements for the pickled model and guide (e.g. when they were not importable).
-
-    Returns
-    -------
-    VI
-        Its :meth:`VI.run` takes the same model arguments as the original fit, checks that
-        the model, guide family and pyrovi version match the checkpoint, and continues
-        exactly where the checkpoint left off: on the CPU the parameters and the ELBO trace
-        end bit-identical to an uninterrupted fit.
-    """
-    path = os.fspath(path)
-    ckpt = load_checkpoint(path)
-    config = dict(ckpt.config)
-    if num_steps is not None:
-        config["num_steps"] = num_steps
-    if model is not None:
-        config["model"] = model
-    if guide is not None:
-        config["guide"] = guide
-    if config.get("checkpoint") is None:
-        config["checkpoint"] = path
-    vi = VI(**config)
-    vi._resume = (ckpt, path)
-    return vi
