@@ -296,6 +296,11 @@ class Fit:
                     else:
                         state.optimizer.add_param_group({"params": new})
                         state.base_lrs.append(state.optimizer.param_groups[-1]["lr"])
+                if state.optimizer is None:  # the guide has no parameter: nothing to fit
+                    self.notes.append("the guide has no parameters; nothing was optimized")
+                    state.trace.append(-loss)
+                    state.plateau = PlateauState(converged=True)
+                    break
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     self._skip(state, step, loss, params)

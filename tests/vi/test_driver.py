@@ -61,7 +61,9 @@ def matmul_model(X, y):
 def test_models_that_do_not_broadcast_fall_back_to_a_loop_and_stay_correct(model):
     X, y = models.regression_data()
     with pytest.warns(FallbackWarning, match="does not broadcast over a particle dimension"):
-        result = pyrovi.VI(model, "fullrank", seed=0, progress=False).run(X, y)
+        result = pyrovi.VI(
+            model, "fullrank", seed=0, progress=False, num_particles=2, elbo_particles=400
+        ).run(X, y)
     assert not result.vectorized
     assert any("loop" in note for note in result.notes)
     log_ev = models.regression_evidence(X, y)
@@ -236,3 +238,19 @@ def test_user_guide_site_mismatch_is_refused_naming_the_site():
 def test_wrong_model_arguments_name_the_model():
     with pytest.raises(ModelError, match=r"model 'normal_normal' raised"):
         pyrovi.VI(models.normal_normal, **FAST).run("not a tensor")
+
+
+def coin_model(flips):
+    z = pyro.sample("z", dist.Bernoulli(0.3))
+    with pyro.plate("flips", len(flips)):
+        pyro.sample("x", dist.Bernoulli(0.2 + 0.6 * z), obs=flips)
+
+
+def test_a_model_whose_only_latent_is_enumerated_has_nothing_to_fit():
+    flips = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    result = pyrovi.VI(coin_model, **FAST).run(flips)
+    assert result.converged and result.num_steps == 1
+    assert "nothing was optimized" in result.notes[-1]
+    # the ELBO is then the exact log evidence: sum over z of p(z) p(x | z)
+    exact = math.log(0.7 * 0.2**3 * 0.8 + 0.3 * 0.8**3 * 0.2)
+    assert result.elbo == pytest.approx(exact, abs=1e-5)
