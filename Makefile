@@ -30,7 +30,16 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/pyrovi demo
 
 bench: $(STAMP)
-	$(PY) benchmarks/run.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py
+
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+# the site builds with warnings treated as errors
+docs: $(DOCS_STAMP)
+	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(VENV)/bin/mkdocs build --strict -d site
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

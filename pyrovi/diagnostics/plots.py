@@ -44,8 +44,25 @@ def _trace(result) -> np.ndarray:
     )
 
 
+def _running_mean(x: np.ndarray, window: int) -> np.ndarray:
+    """Trailing running mean (NaNs of skipped steps ignored); the first values average
+    what is there so far."""
+    if window <= 1 or x.size == 0:
+        return x
+    finite = np.isfinite(x)
+    csum = np.concatenate([[0.0], np.cumsum(np.where(finite, x, 0.0))])
+    ccount = np.concatenate([[0], np.cumsum(finite)])
+    idx = np.arange(1, x.size + 1)
+    lo = np.maximum(idx - window, 0)
+    count = ccount[idx] - ccount[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, (csum[idx] - csum[lo]) / np.maximum(count, 1), np.nan)
+
+
 def plot_elbo(results, log_evidence=None, ax=None):
-    """Each fit's ELBO trace, the log-evidence line, and the gap between them shaded.
+    """Each fit's ELBO trace (running mean), the log-evidence line, and the gap between the
+    final ELBO estimate and the log evidence shaded.  Fits trained as a MAP (``delta``,
+    ``laplace``) trace log p(x, z), not an ELBO, and get no gap shading.
 
     Parameters
     ----------
@@ -72,14 +89,21 @@ def plot_elbo(results, log_evidence=None, ax=None):
         for name, result in named:
             trace = _trace(result)
             steps = np.arange(1, trace.size + 1)
-            (line,) = ax.plot(steps, trace, lw=1.0, alpha=0.9, label=f"{name} ELBO")
-            tail = trace[trace.size // 2 :] if trace.size > 1 else trace
+            # a single-particle ELBO is noisy: draw its running mean over 1/50 of the fit
+            smooth = _running_mean(trace, max(1, trace.size // 50))
+            map_trained = getattr(result, "family", "") in ("delta", "laplace")
+            label = (f"{name}: log p(x, z) at the MAP (its training objective)"
+                     if map_trained else f"{name} ELBO")
+            (line,) = ax.plot(steps, smooth, lw=1.2, alpha=0.9, label=label)
+            tail = smooth[smooth.size // 2 :] if smooth.size > 1 else smooth
             lows.append(np.nanpercentile(tail, 1) if tail.size else np.nan)
             highs.append(np.nanmax(tail) if tail.size else np.nan)
-            if log_evidence is not None and trace.size:
+            if log_evidence is not None and trace.size and not map_trained:
                 value = float(getattr(log_evidence, "value", log_evidence))
                 window = max(1, trace.size // 10)
-                final = float(np.nanmean(trace[-window:]))
+                final = float(getattr(result, "elbo", math.nan))
+                if not math.isfinite(final):
+                    final = float(np.nanmean(trace[-window:]))
                 ax.fill_between(
                     steps[-window:], final, value, color=line.get_color(), alpha=0.25,
                     label=f"{name} gap {value - final:.3g}",
