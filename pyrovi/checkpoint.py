@@ -22,7 +22,14 @@ import torch
 from pyrovi._version import __version__
 from pyrovi.errors import CheckpointError
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "fingerprint", "check_picklable"]
+__all__ = [
+    "Checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "fingerprint",
+    "check_picklable",
+    "check_checkpoint_path",
+]
 
 #: Bumped whenever the layout of a checkpoint changes; other formats are refused.
 FORMAT = 1
@@ -100,6 +107,29 @@ def check_picklable(name: str, obj: Any) -> None:
             f"{getattr(obj, '__qualname__', obj)!r} is not ({type(err).__name__}: {err}). "
             f"Move it to module level, or pass {name}= to pyrovi.resume() when resuming."
         ) from err
+
+
+def check_checkpoint_path(checkpoint, model, guide=None) -> str | None:
+    """Check the ``checkpoint`` argument of a fit before any work: a path in a writable
+    folder, and a model (and guide function) that a checkpoint can store by reference."""
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(
+            f"checkpoint must be a file path (str or os.PathLike), got "
+            f"{type(checkpoint).__name__}"
+        )
+    path = os.fspath(checkpoint)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ValueError(
+            f"checkpoint={path!r}: folder {folder!r} does not exist or is not writable; "
+            "create it or pass another path"
+        )
+    check_picklable("model", model)
+    if guide is not None:
+        check_picklable("guide", guide)
+    return path
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint, *, opener=None) -> None:

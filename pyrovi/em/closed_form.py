@@ -44,6 +44,22 @@ class ClosedFormModel(abc.ABC):
     def init_params(self, data: torch.Tensor) -> dict:
         """Initial parameters, drawn from torch's (seeded) global generator."""
 
+    def lazy_inits(self, data: torch.Tensor):
+        """``name -> callable`` giving the initial value of parameter ``name``, for
+        ``pyro.param(name, init)``: :meth:`init_params` runs once, on first use, so a
+        model run whose parameters already exist draws nothing."""
+        cache: dict = {}
+
+        def init(name):
+            def value():
+                if not cache:
+                    cache.update(self.init_params(self.prepare(data)))
+                return cache[name].to(data.dtype)
+
+            return value
+
+        return init
+
     @abc.abstractmethod
     def e_step(self, data: torch.Tensor, params: dict) -> tuple[float, object]:
         """``(log p(x | params), posterior statistics)``."""

@@ -35,8 +35,8 @@ from pyrovi._runtime import (
 )
 from pyrovi.checkpoint import (
     Checkpoint,
+    check_checkpoint_path,
     check_compatible,
-    check_picklable,
     fingerprint,
     save_checkpoint,
 )
@@ -163,16 +163,7 @@ class EM:
         self.device = device
         self.lbfgs = lbfgs or LBFGSMStep()
         self.checkpoint_every = check_positive("checkpoint_every", checkpoint_every, integer=True)
-        if checkpoint is not None:
-            folder = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
-            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-                raise ValueError(
-                    f"checkpoint={os.fspath(checkpoint)!r}: folder {folder!r} does not exist "
-                    "or is not writable; create it or pass another path"
-                )
-            check_picklable("model", model)
-            checkpoint = os.fspath(checkpoint)
-        self.checkpoint = checkpoint
+        self.checkpoint = check_checkpoint_path(checkpoint, model)
         self._resume: tuple[Checkpoint, str] | None = None
         self.interrupted = False
 

@@ -77,15 +77,7 @@ class FactorAnalysisModel(ClosedFormModel):
         }
 
     def __call__(self, data: torch.Tensor) -> None:
-        cache: dict = {}
-
-        def init(name):
-            def value():
-                if not cache:
-                    cache.update(self.init_params(self.prepare(data)))
-                return cache[name].to(data.dtype)
-
-            return value
+        init = self.lazy_inits(data)
 
         L, D = self.n_components, data.shape[-1]
         loading = pyro.param("loading", init("loading"))

@@ -87,15 +87,7 @@ class GaussianMixtureModel(ClosedFormModel):
         return {"weights": constraints.simplex, "means": constraints.real, "covariances": cov}
 
     def __call__(self, data: torch.Tensor) -> None:
-        cache: dict = {}
-
-        def init(name):
-            def value():
-                if not cache:
-                    cache.update(self.init_params(self.prepare(data)))
-                return cache[name].to(data.dtype)
-
-            return value
+        init = self.lazy_inits(data)
 
         cons = self.param_constraints
         weights = pyro.param("weights", init("weights"), constraint=cons["weights"])

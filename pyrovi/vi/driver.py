@@ -25,7 +25,7 @@ from pyrovi._runtime import (
     resolve_seed,
     warn,
 )
-from pyrovi.checkpoint import Checkpoint, check_compatible, check_picklable, fingerprint
+from pyrovi.checkpoint import Checkpoint, check_checkpoint_path, check_compatible, fingerprint
 from pyrovi.errors import FallbackWarning
 from pyrovi.guides import GuideSpec, build_guide, parse_guide
 from pyrovi.vi.checks import check_model, check_user_guide
@@ -182,23 +182,8 @@ class VI:
         if isinstance(max_skips, bool) or not isinstance(max_skips, int) or max_skips < 0:
             raise ValueError(f"max_skips must be an int >= 0, got {max_skips!r}")
         self.max_skips = max_skips
-        if checkpoint is not None:
-            if not isinstance(checkpoint, (str, os.PathLike)):
-                raise TypeError(
-                    f"checkpoint must be a file path (str or os.PathLike), got "
-                    f"{type(checkpoint).__name__}"
-                )
-            folder = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
-            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-                raise ValueError(
-                    f"checkpoint={os.fspath(checkpoint)!r}: folder {folder!r} does not exist "
-                    "or is not writable; create it or pass another path"
-                )
-            check_picklable("model", model)
-            if self.guide_spec.family in ("custom", "autoguide"):
-                check_picklable("guide", guide)
-            checkpoint = os.fspath(checkpoint)
-        self.checkpoint = checkpoint
+        custom = self.guide_spec.family in ("custom", "autoguide")
+        self.checkpoint = check_checkpoint_path(checkpoint, model, guide if custom else None)
         self._resume: tuple[Checkpoint, str] | None = None
 
     def __repr__(self) -> str:
