@@ -181,6 +181,44 @@ def _verdict(name: str, results: dict, table) -> str:
     return "; ".join(words)
 
 
+def _run_case(case: DemoCase, out: str, *, quick: bool, seed: int, device) -> list[str]:
+    """Fit one case, write its netCDF files (each right after its diagnosis) and plots,
+    print its table and verdict; return its section of the report."""
+    import matplotlib.pyplot as plt
+
+    import pyrovi
+
+    t0 = time.perf_counter()
+    results = case.fit(quick, seed, device)
+    evidence = case.evidence(results, quick, seed)
+    diags = {}
+    for label, result in results.items():
+        particles = 500 if quick else 2000
+        if getattr(result, "enumerated_sites", ()):
+            particles //= 4  # weighted one draw at a time
+        diags[label] = pyrovi.diagnose(
+            result, num_particles=particles, seed=seed,
+            evidence=evidence if evidence is not None else "auto",
+        )
+        fname = f"{case.name}_{label.split(' ')[0].replace(':', '')}.nc"
+        idata = result.to_arviz(200 if quick else 500, seed=seed, diagnostics=diags[label])
+        pyrovi.save_netcdf(idata, os.path.join(out, fname))
+    table = pyrovi.compare(results, diagnostics=diags)
+    print(table, flush=True)
+    verdict = _verdict(case.name, results, table)
+    print(f"  verdict: {verdict}  ({time.perf_counter() - t0:.1f} s)\n", flush=True)
+    ax = pyrovi.plot_elbo(results, log_evidence=evidence.value if evidence else None)
+    ax.figure.savefig(os.path.join(out, f"{case.name}_elbo.png"), dpi=90)
+    plt.close(ax.figure)
+    ax = pyrovi.plot_gap(table)
+    ax.figure.savefig(os.path.join(out, f"{case.name}_gap.png"), dpi=90)
+    plt.close(ax.figure)
+    return [
+        f"## {case.title}", "", "```", str(table), "```", "", f"**Verdict:** {verdict}", "",
+        f"![ELBO traces]({case.name}_elbo.png)", f"![gap]({case.name}_gap.png)", "",
+    ]
+
+
 def run_demo(
     *, out: str | None = None, quick: bool = False, force: bool = False,
     device: str | None = None, seed: int = 0,
@@ -189,48 +227,21 @@ def run_demo(
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     import pyrovi
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     out = _prepare_out(out, force)
     report = ["# pyrovi demo", "", f"Written by pyrovi {pyrovi.__version__}.", ""]
     start = time.perf_counter()
-    for i, case in enumerate(CASES, 1):
-        print(f"[{i}/{len(CASES)}] {case.title} ...", flush=True)
-        t0 = time.perf_counter()
-        results = case.fit(quick, seed, device)
-        evidence = case.evidence(results, quick, seed)
-        diags = {}
-        for label, result in results.items():
-            particles = 500 if quick else 2000
-            if getattr(result, "enumerated_sites", ()):
-                particles //= 4  # weighted one draw at a time
-            diags[label] = pyrovi.diagnose(
-                result, num_particles=particles, seed=seed,
-                evidence=evidence if evidence is not None else "auto",
-            )
-            fname = f"{case.name}_{label.split(' ')[0].replace(':', '')}.nc"
-            idata = result.to_arviz(
-                200 if quick else 500, seed=seed, diagnostics=diags[label]
-            )
-            idata.to_netcdf(os.path.join(out, fname))
-        table = pyrovi.compare(results, diagnostics=diags)
-        print(table, flush=True)
-        verdict = _verdict(case.name, results, table)
-        print(f"  verdict: {verdict}  ({time.perf_counter() - t0:.1f} s)\n", flush=True)
-        ax = pyrovi.plot_elbo(results, log_evidence=evidence.value if evidence else None)
-        ax.figure.savefig(os.path.join(out, f"{case.name}_elbo.png"), dpi=90)
-        plt.close(ax.figure)
-        ax = pyrovi.plot_gap(table)
-        ax.figure.savefig(os.path.join(out, f"{case.name}_gap.png"), dpi=90)
-        plt.close(ax.figure)
-        report += [
-            f"## {case.title}", "", "```", str(table), "```", "", f"**Verdict:** {verdict}", "",
-            f"![ELBO traces]({case.name}_elbo.png)", f"![gap]({case.name}_gap.png)", "",
-        ]
-        with open(os.path.join(out, "report.md"), "w") as fh:
-            fh.write("\n".join(report))
+    print(f"pyrovi demo: writing to {out}", flush=True)
+    try:
+        for i, case in enumerate(CASES, 1):
+            print(f"[{i}/{len(CASES)}] {case.title} ...", flush=True)
+            report += _run_case(case, out, quick=quick, seed=seed, device=device)
+            with open(os.path.join(out, "report.md"), "w") as fh:
+                fh.write("\n".join(report))
+    except KeyboardInterrupt:
+        print(f"interrupted: the fits finished so far are in {out}", file=sys.stderr)
+        return 130
     print(f"done in {time.perf_counter() - start:.0f} s; results in {out}", file=sys.stderr)
     return 0

@@ -10,12 +10,26 @@ attributes again.
 
 from __future__ import annotations
 
+import math
 import os
 
-from pyrovi.arviz.attrs import decode_attrs, encode_attrs
+from pyrovi.arviz.attrs import decode_attrs, encode_value
 from pyrovi.errors import PyroviError
 
 __all__ = ["save_netcdf", "load_netcdf"]
+
+
+def _encode(attrs) -> dict:
+    """Encode what netCDF cannot store; strings and finite numbers stay as they are (so an
+    export's already encoded attributes are not encoded twice)."""
+    out = {}
+    for key, value in attrs.items():
+        native = isinstance(value, str) or (
+            isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value)
+        )
+        out[str(key)] = value if native else encode_value(str(key), value)
+    return out
 
 
 def _groups(idata):
@@ -49,9 +63,9 @@ def save_netcdf(idata, path: str | os.PathLike) -> str:
         raise PyroviError(f"cannot write {path!r}: folder {folder!r} does not exist")
     idata = idata.copy()
     for _, dataset in _groups(idata):
-        dataset.attrs = encode_attrs(dataset.attrs)
+        dataset.attrs = _encode(dataset.attrs)
         for var in dataset.variables.values():
-            var.attrs = encode_attrs(var.attrs)
+            var.attrs = _encode(var.attrs)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         idata.to_netcdf(tmp)

@@ -51,3 +51,23 @@ def test_a_failed_write_leaves_the_old_file_and_no_debris(tmp_path):
 def test_missing_folder_is_refused(tmp_path):
     with pytest.raises(PyroviError, match=r"folder .* does not exist"):
         pyrovi.save_netcdf(_idata(), tmp_path / "nope" / "fit.nc")
+
+
+def test_an_export_saves_and_loads_with_its_attributes(tmp_path):
+    import pyro
+    import pyro.distributions as dist
+    import torch
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0), 1.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    fit = pyrovi.VI(model, seed=0, progress=False, num_steps=200, elbo_particles=50).run(
+        torch.randn(5)
+    )
+    path = pyrovi.save_netcdf(fit.to_arviz(50), tmp_path / "fit.nc")
+    back = pyrovi.load_netcdf(path)
+    assert back.posterior.attrs["converged"] is fit.converged
+    assert back.posterior.attrs["guide_family"] == "meanfield"
+    assert back.posterior["mu"].shape == (1, 50)

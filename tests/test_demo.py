@@ -1,0 +1,59 @@
+"""`pyrovi demo`: what it writes, what it refuses, and that an interrupted run keeps its fits."""
+
+import os
+
+import arviz as az
+import pytest
+
+from pyrovi import cli, demo
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    code = cli.main(["demo", "--quick", "--out", str(out)])
+    return code, out
+
+
+def test_quick_demo_writes_fits_plots_and_report(quick_run, capsys):
+    code, out = quick_run
+    assert code == 0
+    files = set(os.listdir(out))
+    for case in ("mixture", "regression", "eight_schools"):
+        assert f"{case}_elbo.png" in files and f"{case}_gap.png" in files
+    assert {"mixture_em.nc", "mixture_vb.nc", "regression_meanfield.nc",
+            "regression_fullrank.nc", "eight_schools_meanfield.nc",
+            "eight_schools_fullrank.nc"} <= files
+    idata = az.from_netcdf(out / "regression_fullrank.nc")
+    assert idata.posterior["w"].shape == (1, 200, 10)
+    assert "diagnostics_gap" in idata.vi_trace.attrs
+    report = (out / "report.md").read_text()
+    assert report.count("**Verdict:**") == 3
+    assert "regression_gap.png" in report
+
+
+def test_demo_refuses_a_folder_with_files_unless_forced(tmp_path):
+    (tmp_path / "old.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match=r"already holds 1 file\(s\) \(e.g. 'old.txt'\).*pass --force"):
+        cli.main(["demo", "--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "old.txt").read_text() == "keep me"
+
+
+def test_demo_refuses_an_output_path_that_is_a_file(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(SystemExit, match=r"is a file, not a folder"):
+        cli.main(["demo", "--out", str(target)])
+
+
+def test_an_interrupted_demo_keeps_the_fits_it_finished(tmp_path, monkeypatch):
+    def interrupted(quick, seed, device):
+        raise KeyboardInterrupt
+
+    regression = next(c for c in demo.CASES if c.name == "regression")
+    stop = demo.DemoCase("stop", "interrupted", interrupted, lambda *a: None)
+    monkeypatch.setattr(demo, "CASES", (regression, stop))
+    assert demo.run_demo(out=str(tmp_path), quick=True) == 130
+    idata = az.from_netcdf(tmp_path / "regression_meanfield.nc")
+    assert idata.posterior["w"].shape[-1] == 10
+    assert "regression" in (tmp_path / "report.md").read_text()
