@@ -36,7 +36,8 @@ def resume(
     -------
     VI or EM
         Its ``run`` takes the same model arguments as the original fit, checks that the
-        model, guide family and pyrovi version match the checkpoint, and continues where
+        model's sites and the guide family match the checkpoint (whose format version was
+        checked on loading), and continues where
         the checkpoint left off: on the CPU a resumed VI fit ends with parameters and an
         ELBO trace bit-identical to an uninterrupted one.  The continued fit writes its own
         checkpoints to the same path.
