@@ -74,7 +74,10 @@ def _per_iter(fn, iters: int, repeats: int) -> tuple[float, float]:
         tn, value = fn(iters)
         long.append(tn)
         short.append(t1)
-    return (statistics.median(long) - statistics.median(short)) / (iters - 1), value
+    per = (statistics.median(long) - statistics.median(short)) / (iters - 1)
+    # on a busy machine the difference of two timings can come out non-positive: that
+    # measurement says nothing, and is reported as NaN rather than as a speed
+    return (per if per > 0 else float("nan")), value
 
 
 def run(

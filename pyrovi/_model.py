@@ -14,7 +14,7 @@ import torch
 
 from pyrovi.errors import ModelError
 
-__all__ = ["ModelInfo", "inspect_model", "model_name", "check_observed_finite", "plate_dims"]
+__all__ = ["ModelInfo", "inspect_model", "model_name", "check_observed_finite"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,8 +152,3 @@ def check_observed_finite(info: ModelInfo) -> None:
                 "values, or mask them with poutine.mask / obs_mask.",
                 site=name,
             )
-
-
-def plate_dims(info: ModelInfo, site: str) -> tuple[tuple[str, int, int], ...]:
-    """(plate name, size, dim) of the plates ``site`` lives in, outermost first."""
-    return tuple((p, info.plates[p][1], info.plates[p][2]) for p in info.site_plates[site])
