@@ -202,9 +202,20 @@ class VI:
 
         Raises
         ------
+        ModelError
+            Before any work: non-finite data, a discrete latent with infinite support, a
+            user guide whose sites, plate sizes or supports do not match the model's.
         NonFiniteError
-            When the ELBO or a gradient becomes NaN or infinite; ``err.result`` holds the
-            parameters of the last finite step and the ELBO trace so far.
+            When the ELBO or a gradient stays NaN or infinite for more than ``max_skips``
+            steps in a row; ``err.result`` holds the parameters of the last finite step and
+            the ELBO trace so far.
+        FitError
+            When the model or guide raises during training; ``err.result`` holds the last
+            completed step (and the checkpoint, if configured, too).
+
+        Notes
+        -----
+        Ctrl-C returns the result so far (``result.interrupted``), with a warning.
         """
         device = resolve_device(self.device, args, kwargs)
         args = move_to_device(args, device)
