@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pyrovi._result import FitResult
-from pyrovi._runtime import seeded
+from pyrovi._runtime import check_positive, seeded
 
 __all__ = ["EMResult", "DiscretePosterior", "GaussianPosterior"]
 
@@ -212,8 +212,7 @@ class EMResult(FitResult):
         """
         from pyrovi.em.posterior_ops import sample_posterior
 
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        check_positive("n", n, integer=True)
         if seed is None:
             return sample_posterior(self, n)
         with seeded(int(seed), self.device):

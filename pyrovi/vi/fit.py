@@ -171,9 +171,10 @@ class Fit:
         if vi.backend != "svi":
             from pyrovi.fast import compiled_unsupported, train_compiled
 
-            reason = compiled_unsupported(self)
-            if reason is None and (vi.checkpoint is not None or self.resume_from is not None):
+            if vi.checkpoint is not None or self.resume_from is not None:
                 reason = "checkpoints are written by the SVI path only"
+            else:  # traces the model, so asked only when the answer is not already known
+                reason = compiled_unsupported(self)
             if reason is None:
                 backend = "compiled"
             elif vi.backend == "compiled":
