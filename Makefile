@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint demo bench docs clean
+.PHONY: install test lint demo bench docs chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +37,18 @@ $(DOCS_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e ".[docs]"
 	touch $(DOCS_STAMP)
 
-# the site builds with warnings treated as errors
-docs: $(DOCS_STAMP)
+# headless Chromium for the site check: Debian's package (as root), else one on PATH
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get -q update >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get -q install -y chromium >/dev/null; } || \
+	  { echo "make docs needs chromium: apt-get install chromium"; exit 1; }
+
+# the site builds with warnings treated as errors, then every page is opened in headless
+# Chromium with the network cut off (tests/docs): math rendered, images loaded
+docs: $(DOCS_STAMP) chromium
 	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(VENV)/bin/mkdocs build --strict -d site
+	PYROVI_SITE=site $(PY) -m pytest -q -p no:cacheprovider tests/docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
