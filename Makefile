@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint demo bench docs chromium clean
+.PHONY: install test lint demo bench docs docs-examples chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,15 @@ chromium:
 docs: $(DOCS_STAMP) chromium
 	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(VENV)/bin/mkdocs build --strict -d site
 	PYROVI_SITE=site $(PY) -m pytest -q -p no:cacheprovider tests/docs
+
+# regenerate the example pages' output (committed, shown by docs/examples/*.md): each script's
+# full run, its printed tables and the figures it writes
+EXAMPLE_OUT := docs/examples/output
+docs-examples: $(STAMP)
+	mkdir -p $(EXAMPLE_OUT)
+	for f in examples/0*.py; do n=$$(basename $$f .py); echo "$$n"; \
+	  OMP_NUM_THREADS=1 MPLBACKEND=Agg PYTHONWARNINGS=ignore $(PY) $$f --out $(EXAMPLE_OUT) \
+	    > $(EXAMPLE_OUT)/$$n.txt || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
