@@ -20,7 +20,7 @@ from pyrovi.em.estep import (
     latent_layout,
     make_log_joint,
 )
-from pyrovi.em.posterior_ops import model_layout, particle_dim
+from pyrovi.em.posterior import model_layout, particle_dim
 from pyrovi.errors import ModelError
 
 
