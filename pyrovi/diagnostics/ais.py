@@ -10,7 +10,7 @@ geometric path :math:`\pi_\beta \propto q_0^{1-\beta} e^{-\beta U}`; the chains 
 whitened coordinates :math:`v = L^{-1}(u - m)`, which preconditions the transitions with
 the base covariance.  MALA is HMC with one leapfrog step.
 
-Only the sampler lives here (tensors in, tensors out); :mod:`pyrovi.diagnostics.evidence`
+Only the sampler lives here (tensors in, tensors out); :mod:`pyrovi.diagnostics.ais_evidence`
 builds the potential and the base from a model.
 
 References

@@ -11,7 +11,8 @@ from pyrovi.em.driver import EM
 from pyrovi.em.factor_analysis import FactorAnalysisModel, factor_analysis_model, ppca_model
 from pyrovi.em.gmm import GaussianMixtureModel, gaussian_mixture_model
 from pyrovi.em.mstep import LBFGSMStep
-from pyrovi.em.result import DiscretePosterior, EMResult, GaussianPosterior
+from pyrovi.em.posterior import DiscretePosterior, GaussianPosterior
+from pyrovi.em.result import EMResult
 
 __all__ = [
     "EM",

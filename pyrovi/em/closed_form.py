@@ -11,7 +11,7 @@ import abc
 
 import torch
 
-from pyrovi.em.result import DiscretePosterior, GaussianPosterior
+from pyrovi.em.posterior import DiscretePosterior, GaussianPosterior
 
 __all__ = ["ClosedFormModel"]
 

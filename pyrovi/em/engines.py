@@ -1,19 +1,29 @@
 """One EM iteration's work for each kind of model, behind one small interface.
 
-An engine lives inside one restart's parameter scope and offers ``e_step() -> float`` (the
-exact ``log p(x | theta_t)``, keeping what the M-step needs), ``m_step()`` (update the
-parameters) and ``posterior()`` (the exact posterior of the last E-step).  The driver
-(:mod:`pyrovi.em.driver`) owns the loop, convergence, restarts and reporting.
+An engine lives inside one restart's parameter scope.  Its steps pass values:
+
+* ``expectation() -> EStep``: the exact ``log p(x | theta_t)`` at the current parameters
+  and the statistics of the exact posterior (what the M-step and the posterior need);
+* ``maximization(estep)``: update the parameters to maximise ``Q(theta | theta_t)``;
+* ``posterior(estep)``: the exact posterior held by an E-step.
+
+``e_step() -> float`` and ``m_step()`` are thin wrappers that keep the last E-step for the
+next M-step, for a driver that only wants the log evidence.  The driver
+(:mod:`pyrovi.em.driver`) owns the loop, convergence, restarts and reporting;
+:class:`EMModelInfo` is what it learns about the model before any work.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 
 import pyro
 import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 
+from pyrovi._exact import empty_guide
 from pyrovi._model import ModelInfo
 from pyrovi.em.closed_form import ClosedFormModel
 from pyrovi.em.estep import (
@@ -27,36 +37,159 @@ from pyrovi.em.estep import (
     make_log_joint,
 )
 from pyrovi.em.mstep import LBFGSMStep, maximize_q
-from pyrovi.em.posterior_ops import model_layout, particle_dim
-from pyrovi.em.result import DiscretePosterior, GaussianPosterior
+from pyrovi.em.posterior import DiscretePosterior, GaussianPosterior, model_layout, particle_dim
 
-__all__ = ["ClosedFormEngine", "EnumEngine", "GaussianEngine"]
+__all__ = [
+    "EMModelInfo",
+    "count_observations",
+    "EStep",
+    "ClosedFormEngine",
+    "EnumEngine",
+    "GaussianEngine",
+]
+
+_KINDS = ("closed_form", "discrete", "gaussian")
 
 
-def _empty_guide(*args, **kwargs) -> None:
-    return None
+def count_observations(info: ModelInfo) -> int:
+    """Number of observations: the entries of the observed sites' batch shapes (at least 1)."""
+    n_obs = 0
+    for name in info.observed:
+        value, fn = info.trace.nodes[name]["value"], info.trace.nodes[name]["fn"]
+        n_obs += math.prod(value.shape[: value.dim() - fn.event_dim])
+    return max(n_obs, 1)
 
 
-class ClosedFormEngine:
-    """Closed-form E- and M-steps of a :class:`~pyrovi.em.closed_form.ClosedFormModel`."""
+@dataclasses.dataclass(frozen=True)
+class EMModelInfo:
+    """What EM knows about a model before any work (replaces the driver's ``meta`` dict).
+
+    Attributes
+    ----------
+    num_obs : int
+        Number of observations (>= 1); ``tol`` is compared to the change of
+        ``log_evidence / num_obs``.
+    max_plate_nesting : int
+        Plate nesting of the model (for Pyro's enumeration).
+    latent_sites : tuple of str
+        The latent sites whose exact posterior EM computes.
+    kind : {"closed_form", "discrete", "gaussian"}
+        Which engine fits the model: a ready model's closed-form steps, or the generic path
+        for finite discrete or for linear-Gaussian latents.
+    fingerprint : dict
+        What a checkpoint records to recognise the model and data
+        (:func:`pyrovi.checkpoint.fingerprint` for the generic path, the data shape for a
+        ready model).
+    """
+
+    num_obs: int
+    max_plate_nesting: int
+    latent_sites: tuple
+    kind: str
+    fingerprint: dict
+
+    def __post_init__(self):
+        if self.kind not in _KINDS:
+            raise ValueError(f"kind must be one of {_KINDS}, got {self.kind!r}")
+
+    @property
+    def m_step(self) -> str:
+        """``"closed_form"`` or ``"generic"``: which M-step runs (``EMResult.m_step``)."""
+        return "closed_form" if self.kind == "closed_form" else "generic"
+
+    @classmethod
+    def of_closed_form(cls, model: ClosedFormModel, data: object, x: object) -> EMModelInfo:
+        """The info of a ready model fitted to ``x`` (``data = model.prepare(x)``)."""
+        return cls(
+            num_obs=model.n_obs(data),
+            max_plate_nesting=model.max_plate_nesting,
+            latent_sites=(model.latent_site,),
+            kind="closed_form",
+            fingerprint={"data": tuple(getattr(x, "shape", ()))},
+        )
+
+    @classmethod
+    def of_model(cls, info: ModelInfo, kind: str, fingerprint: dict) -> EMModelInfo:
+        """The info of a generic model from its prototype ``info``; ``kind`` is
+        :func:`pyrovi.em.estep.latent_kind`'s answer."""
+        return cls(
+            num_obs=count_observations(info),
+            max_plate_nesting=info.max_plate_nesting,
+            latent_sites=tuple(info.latent),
+            kind=kind,
+            fingerprint=fingerprint,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class EStep:
+    """One exact E-step, at the parameters :math:`\\theta_t` it ran at.
+
+    Attributes
+    ----------
+    log_evidence : float
+        :math:`\\log p(x \\mid \\theta_t)` in nats, total over the data, constants included.
+    statistics : object
+        The posterior statistics the M-step and the posterior need: a ready model's own
+        (e.g. log responsibilities), an :class:`~pyrovi.em.estep.EnumEStep` or a
+        :class:`~pyrovi.em.estep.GaussianEStep`.
+    """
+
+    log_evidence: float
+    statistics: object
+
+
+class _Engine:
+    """The stateful wrappers of the value-passing steps."""
+
+    _last: EStep | None = None
+
+    def expectation(self) -> EStep:
+        raise NotImplementedError
+
+    def maximization(self, estep: EStep) -> None:
+        raise NotImplementedError
+
+    def e_step(self) -> float:
+        """Run :meth:`expectation`, keep it for :meth:`m_step`; return its log evidence."""
+        self._last = self.expectation()
+        return self._last.log_evidence
+
+    def m_step(self) -> None:
+        """Run :meth:`maximization` on the last :meth:`e_step`."""
+        self.maximization(self._require_last())
+
+    def _require_last(self) -> EStep:
+        if self._last is None:
+            raise RuntimeError("the engine has run no E-step yet; call e_step() first")
+        return self._last
+
+
+class ClosedFormEngine(_Engine):
+    """Closed-form E- and M-steps of a :class:`~pyrovi.em.closed_form.ClosedFormModel`.
+
+    ``params`` holds the current parameters (the Pyro parameter store is written only by
+    :meth:`store`).
+    """
 
     def __init__(self, model: ClosedFormModel, data: object):
         self.model, self.data = model, data
         with torch.no_grad():
             self.params = model.init_params(data)
-        self._stats = None
 
     @torch.no_grad()
-    def e_step(self) -> float:
-        ll, self._stats = self.model.e_step(self.data, self.params)
-        return ll
+    def expectation(self) -> EStep:
+        ll, stats = self.model.e_step(self.data, self.params)
+        return EStep(log_evidence=ll, statistics=stats)
 
     @torch.no_grad()
-    def m_step(self) -> None:
-        self.params = self.model.m_step(self.data, self._stats)
+    def maximization(self, estep: EStep) -> None:
+        self.params = self.model.m_step(self.data, estep.statistics)
 
-    def posterior(self) -> DiscretePosterior | GaussianPosterior:
-        return self.model.posterior(self.data, self._stats)
+    def posterior(self, estep: EStep | None = None) -> DiscretePosterior | GaussianPosterior:
+        """The exact posterior of ``estep`` (default: the last :meth:`e_step`)."""
+        estep = estep or self._require_last()
+        return self.model.posterior(self.data, estep.statistics)
 
     def store(self) -> None:
         """Write the current parameters into the active Pyro parameter store."""
@@ -70,7 +203,7 @@ class ClosedFormEngine:
                 pass
 
 
-class EnumEngine:
+class EnumEngine(_Engine):
     """Generic EM for finite discrete latents (Pyro enumeration + L-BFGS on ``Q``)."""
 
     def __init__(
@@ -80,25 +213,29 @@ class EnumEngine:
         self.model, self.args, self.kwargs = model, args, kwargs
         self.mpn = info.max_plate_nesting
         self.n_obs, self.settings = n_obs, settings
-        self._estep = None
 
-    def e_step(self) -> float:
-        self._estep = enum_e_step(self.model, self.mpn, self.args, self.kwargs)
-        return float(self._estep.log_evidence)
+    def expectation(self) -> EStep:
+        estep = enum_e_step(self.model, self.mpn, self.args, self.kwargs)
+        return EStep(log_evidence=float(estep.log_evidence), statistics=estep)
 
-    def expected_log_joint(self) -> torch.Tensor:
-        """``Q(theta | theta_t)`` at the current parameters (``theta_t`` = last E-step)."""
-        return enum_expected_log_joint(self.model, self.mpn, self.args, self.kwargs, self._estep)
+    def expected_log_joint(self, estep: EStep | None = None) -> torch.Tensor:
+        """``Q(theta | theta_t)`` at the current parameters (``theta_t``: that of ``estep``,
+        default the last :meth:`e_step`)."""
+        estep = estep or self._require_last()
+        return enum_expected_log_joint(self.model, self.mpn, self.args, self.kwargs,
+                                       estep.statistics)
 
-    def m_step(self) -> None:
-        maximize_q(self.expected_log_joint, current_params(), scale=self.n_obs,
+    def maximization(self, estep: EStep) -> None:
+        maximize_q(lambda: self.expected_log_joint(estep), current_params(), scale=self.n_obs,
                    settings=self.settings)
 
-    def posterior(self) -> DiscretePosterior:
+    def posterior(self, estep: EStep | None = None) -> DiscretePosterior:
+        """The exact posterior marginals at the current parameters (those of the last
+        E-step when called right after it; ``estep`` is not needed)."""
         elbo = TraceEnum_ELBO(max_plate_nesting=self.mpn)
         with torch.no_grad():
             dists = elbo.compute_marginals(
-                config_enumerate(self.model, "parallel"), _empty_guide, *self.args, **self.kwargs
+                config_enumerate(self.model, "parallel"), empty_guide, *self.args, **self.kwargs
             )
         marginals = {}
         for name, d in dists.items():
@@ -109,8 +246,11 @@ class EnumEngine:
         return DiscretePosterior(marginals=marginals, factorized=False)
 
 
-class GaussianEngine:
-    """Generic EM for linear-Gaussian latents (Hessian E-step + L-BFGS on ``Q``)."""
+class GaussianEngine(_Engine):
+    """Generic EM for linear-Gaussian latents (Hessian E-step + L-BFGS on ``Q``).
+
+    Each E-step expands the log joint at the previous posterior mean (zeros at first).
+    """
 
     def __init__(
         self, model: Callable, info: ModelInfo, args: tuple, kwargs: dict, n_obs: int,
@@ -122,26 +262,29 @@ class GaussianEngine:
         layout = model_layout(info.trace, info.latent)
         self.f = make_log_joint(model, args, kwargs, self.sites, dim, layout)
         self.n_obs, self.settings = n_obs, settings
-        self._estep = None
         if check:
             check_quadratic(self.f, self.z, self.sites)
 
-    def e_step(self) -> float:
-        self._estep = gaussian_e_step(self.f, self.z, self.sites)
-        self.z = self._estep.mean
-        return float(self._estep.log_evidence)
+    def expectation(self) -> EStep:
+        estep = gaussian_e_step(self.f, self.z, self.sites)
+        self.z = estep.mean
+        return EStep(log_evidence=float(estep.log_evidence), statistics=estep)
 
-    def expected_log_joint(self) -> torch.Tensor:
-        """``Q(theta | theta_t)`` at the current parameters (``theta_t`` = last E-step)."""
-        return gaussian_expected_log_joint(self.f, self._estep)
+    def expected_log_joint(self, estep: EStep | None = None) -> torch.Tensor:
+        """``Q(theta | theta_t)`` at the current parameters (``theta_t``: that of ``estep``,
+        default the last :meth:`e_step`)."""
+        estep = estep or self._require_last()
+        return gaussian_expected_log_joint(self.f, estep.statistics)
 
-    def m_step(self) -> None:
-        maximize_q(self.expected_log_joint, current_params(), scale=self.n_obs,
+    def maximization(self, estep: EStep) -> None:
+        maximize_q(lambda: self.expected_log_joint(estep), current_params(), scale=self.n_obs,
                    settings=self.settings)
 
-    def posterior(self) -> GaussianPosterior:
+    def posterior(self, estep: EStep | None = None) -> GaussianPosterior:
+        """The exact posterior of ``estep`` (default: the last :meth:`e_step`)."""
+        stats = (estep or self._require_last()).statistics
         return GaussianPosterior(
-            mean=self._estep.mean.unsqueeze(0),
-            covariance=self._estep.covariance.unsqueeze(0),
+            mean=stats.mean.unsqueeze(0),
+            covariance=stats.covariance.unsqueeze(0),
             sites=self.sites,
         )

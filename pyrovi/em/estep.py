@@ -19,7 +19,8 @@ Two kinds of latents have an exact posterior that pyrovi computes:
   quadratic in the flattened latent vector ``z``, so the posterior is
   :math:`N(\mu, (-H)^{-1})` with ``H`` the Hessian of ``g`` and
   :math:`\mu = z_0 - H^{-1} \nabla g(z_0)`, and the Laplace identity is exact:
-  :math:`\log p(x) = g(\mu) + \tfrac d2 \log 2\pi - \tfrac12 \log\det(-H)`.
+  :math:`\log p(x) = g(\mu) + \tfrac d2 \log 2\pi - \tfrac12 \log\det(-H)`
+  (:mod:`pyrovi._exact`, shared with the exact evidence of :mod:`pyrovi.diagnostics`).
   :math:`E_q[g_\theta(z)]` is computed exactly with ``2d`` symmetric sigma points
   :math:`\mu \pm \sqrt d\, L e_i` (:math:`L L^\top = \Sigma`), which is exact for every
   quadratic ``g``.
@@ -38,11 +39,19 @@ import torch
 from pyro.infer import config_enumerate
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import prune_subsample_sites
-from torch.distributions import constraints
 
+from pyrovi._exact import (
+    LaplaceGaussian,
+    NotConcaveError,
+    flat_sites,
+    is_real_support,
+    laplace_gaussian,
+    nonquadratic_site,
+    unflatten,
+)
 from pyrovi._model import ModelInfo, model_name
 from pyrovi._runtime import warn
-from pyrovi.em.posterior_ops import particle_log_joint
+from pyrovi.em.posterior import particle_log_joint
 from pyrovi.errors import FallbackWarning, ModelError, PyroviError
 
 __all__ = [
@@ -54,15 +63,12 @@ __all__ = [
     "gaussian_e_step",
     "gaussian_expected_log_joint",
     "check_quadratic",
+    "make_log_joint",
+    "latent_layout",
+    "current_params",
 ]
 
 _VI_HINT = "use pyrovi.VI for this model instead"
-
-
-def _is_real(support) -> bool:
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return isinstance(support, type(constraints.real))
 
 
 def latent_kind(info: ModelInfo, model: Callable) -> str:
@@ -97,7 +103,7 @@ def latent_kind(info: ModelInfo, model: Callable) -> str:
     cont = info.continuous
     for site in cont:
         support = info.trace.nodes[site]["fn"].support
-        if not _is_real(support):
+        if not is_real_support(support):
             raise ModelError(
                 f"site {site!r} is a continuous latent with support {support}; EM needs its "
                 "log joint to be quadratic in an unconstrained (real) latent, i.e. a "
@@ -207,37 +213,10 @@ def enum_expected_log_joint(
 # ------------------------------------------------------------------------ linear-Gaussian
 
 
-@dataclasses.dataclass(frozen=True)
-class GaussianEStep:
-    """Exact E-step of linear-Gaussian latents (one block over the whole latent vector).
-
-    Attributes
-    ----------
-    log_evidence : torch.Tensor
-        Scalar :math:`\\log p(x \\mid \\theta_t)` by the (exact) Laplace identity.
-    mean : torch.Tensor
-        Posterior mean of the flattened latent vector, shape ``(d,)``.
-    covariance : torch.Tensor
-        Posterior covariance :math:`(-H)^{-1}`, shape ``(d, d)``.
-    """
-
-    log_evidence: torch.Tensor
-    mean: torch.Tensor
-    covariance: torch.Tensor
-
-
-def _grad_hessian(f: Callable, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    def scalar(v):
-        return f(v.unsqueeze(0)).squeeze(0)
-
-    with torch.enable_grad():
-        z = z.detach().requires_grad_()
-        (g,) = torch.autograd.grad(scalar(z), z)
-        try:
-            H = torch.autograd.functional.hessian(scalar, z.detach(), vectorize=True)
-        except RuntimeError:  # a model op without a batching rule: one backward per row
-            H = torch.autograd.functional.hessian(scalar, z.detach())
-    return g.detach(), H.detach()
+#: Exact E-step of linear-Gaussian latents (one block over the whole latent vector): the
+#: log evidence by the (exact) Laplace identity, the posterior mean ``(d,)`` and covariance
+#: ``(d, d)`` of the flattened latent vector; see :class:`pyrovi._exact.LaplaceGaussian`.
+GaussianEStep = LaplaceGaussian
 
 
 def check_quadratic(
@@ -245,23 +224,13 @@ def check_quadratic(
 ) -> None:
     """Refuse a log joint that is not quadratic in the latents: its Hessian must not change.
 
-    The Hessian is compared at ``z0`` and at a second, random point; the first latent site
-    whose rows differ is named.
+    The Hessian is compared at ``z0`` and at a second, random point (drawn from the global
+    random state); the latent site whose rows differ most is named.
     """
-    _, H0 = _grad_hessian(f, z0)
     z1 = z0 + 0.7 * torch.randn_like(z0) + 0.3
-    _, H1 = _grad_hessian(f, z1)
-    diff = (H1 - H0).abs()
-    bad = diff > rtol * (H0.abs() + H1.abs()).clamp_min(1e-8) + 1e-8
-    bad_rows = (bad.any(-1) | ~torch.isfinite(H0).all(-1) | ~torch.isfinite(H1).all(-1))
-    if bool(bad_rows.any()):
-        row = int(bad_rows.nonzero()[0])
-        offset, name = 0, sites[-1][0]
-        for site, shape in sites:
-            offset += math.prod(shape)
-            if row < offset:
-                name = site
-                break
+    bad = nonquadratic_site(f, z0, z1, sites, rtol=rtol)
+    if bad is not None:
+        name = bad[0]
         raise ModelError(
             f"site {name!r} is a continuous latent whose log joint is not quadratic (its "
             "Hessian changes between two points), so its posterior is not Gaussian and EM "
@@ -272,24 +241,15 @@ def check_quadratic(
 
 def gaussian_e_step(f: Callable, z0: torch.Tensor, sites: tuple) -> GaussianEStep:
     """Exact Gaussian posterior and log evidence of a log joint ``f`` quadratic in ``z``."""
-    g, H = _grad_hessian(f, z0)
-    precision = -0.5 * (H + H.mT)
-    chol, info = torch.linalg.cholesky_ex(precision)
-    if int(info) != 0:
+    try:
+        return laplace_gaussian(f, z0)
+    except NotConcaveError as err:
         raise PyroviError(
             "the posterior precision -H of the latents "
             f"{[name for name, _ in sites]} is not positive definite at the current "
             "parameters (the log joint is not concave in the latents: an improper prior or a "
             "latent the data do not determine); give every latent a proper Gaussian prior"
-        )
-    mean = z0 + torch.cholesky_solve(g.unsqueeze(-1), chol).squeeze(-1)
-    d = mean.numel()
-    with torch.no_grad():
-        log_joint = f(mean.unsqueeze(0)).squeeze(0)
-    log_ev = log_joint + 0.5 * d * math.log(2 * math.pi) - chol.diagonal().log().sum()
-    return GaussianEStep(
-        log_evidence=log_ev.detach(), mean=mean.detach(), covariance=torch.cholesky_inverse(chol)
-    )
+        ) from err
 
 
 def gaussian_expected_log_joint(f: Callable, estep: GaussianEStep) -> torch.Tensor:
@@ -312,11 +272,7 @@ def make_log_joint(
     state = {"vectorize": True}
 
     def f(flat: torch.Tensor) -> torch.Tensor:
-        values, offset = {}, 0
-        for name, shape in sites:
-            size = math.prod(shape)
-            values[name] = flat[:, offset : offset + size].reshape((flat.shape[0],) + shape)
-            offset += size
+        values = unflatten(flat, sites)
         if state["vectorize"] and flat.shape[0] > 1:
             try:
                 return particle_log_joint(model, args, kwargs, values, particle_dim, layout)
@@ -338,12 +294,7 @@ def make_log_joint(
 
 def latent_layout(info: ModelInfo) -> tuple[tuple, torch.Tensor]:
     """The latent sites with their value shapes, and their prototype values flattened."""
-    sites, values = [], []
-    for name in info.latent:
-        value = info.trace.nodes[name]["value"]
-        sites.append((name, tuple(value.shape)))
-        values.append(value.detach().reshape(-1))
-    return tuple(sites), torch.cat(values)
+    return flat_sites(info.trace, info.latent)
 
 
 def current_params() -> list[torch.Tensor]:

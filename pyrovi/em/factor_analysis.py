@@ -26,7 +26,7 @@ import torch
 from pyro.distributions import constraints
 
 from pyrovi.em.closed_form import ClosedFormModel
-from pyrovi.em.result import GaussianPosterior
+from pyrovi.em.posterior import GaussianPosterior
 
 __all__ = ["FactorAnalysisModel", "factor_analysis_model", "ppca_model"]
 

@@ -24,7 +24,7 @@ import torch
 from pyro.distributions import constraints
 
 from pyrovi.em.closed_form import ClosedFormModel
-from pyrovi.em.result import DiscretePosterior
+from pyrovi.em.posterior import DiscretePosterior
 from pyrovi.errors import NonFiniteError
 
 __all__ = ["GaussianMixtureModel", "gaussian_mixture_model"]

@@ -1,21 +1,18 @@
-"""Exact posterior draws and densities of an :class:`~pyrovi.em.EMResult`.
+"""Exact posterior draws and densities of an EM fit: now in :mod:`pyrovi.em.posterior`.
 
-Draws of a Gaussian posterior and of a factorized mixture posterior come from the stored
-moments / marginals; draws of a general discrete posterior (e.g. a hidden Markov chain) come
-from Pyro's forward-filter backward-sample (:func:`pyro.infer.infer_discrete`), vectorized
-over draws with a particle plate, and their density is
-:math:`\\log p(z \\mid x) = \\log p(x, z) - \\log p(x)`, with the log joint from the model.
+This module only re-exports them, so that earlier imports keep working.
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable
-
-import pyro
-import pyro.poutine as poutine
-import torch
-from pyro.infer import config_enumerate, infer_discrete
-from pyro.poutine.util import prune_subsample_sites
+from pyrovi.em.posterior import (
+    _to_particle_layout,
+    log_joint,
+    log_posterior,
+    model_layout,
+    particle_dim,
+    particle_log_joint,
+    plain_log_joint,
+    sample_posterior,
+)
 
 __all__ = [
     "particle_log_joint",
@@ -25,178 +22,5 @@ __all__ = [
     "log_joint",
     "particle_dim",
     "model_layout",
+    "_to_particle_layout",
 ]
-
-_PARTICLES = "_pyrovi_em_particles"
-
-
-def particle_dim(trace, max_plate_nesting: int) -> int:
-    """The batch dim (negative) left of every plate and batch dim of the model's sites."""
-    depth = max_plate_nesting
-    for site in prune_subsample_sites(trace).nodes.values():
-        if site["type"] == "sample":
-            value = site["value"]
-            if isinstance(value, torch.Tensor):
-                depth = max(depth, value.dim() - site["fn"].event_dim)
-    return -1 - depth
-
-
-def _to_particle_layout(value: torch.Tensor, shape: tuple, event_dim: int, dim: int):
-    n = value.shape[0]
-    batch_ndim = len(shape) - event_dim
-    pad = -dim - 1 - batch_ndim
-    return value.reshape((n,) + (1,) * pad + tuple(shape))
-
-
-def _sum_to_particles(log_prob: torch.Tensor, n: int, dim: int) -> torch.Tensor:
-    depth = -dim
-    while log_prob.dim() < depth:
-        log_prob = log_prob.unsqueeze(0)
-    if log_prob.dim() > depth or log_prob.shape[0] not in (1, n):
-        raise ValueError(
-            f"a site's log-density has shape {tuple(log_prob.shape)}, which does not "
-            f"broadcast over a plate of {n} draws at dim {dim}"
-        )
-    out = log_prob.reshape(log_prob.shape[0], -1).sum(-1)
-    return out.expand(n)
-
-
-def _site_log_prob(site) -> torch.Tensor:
-    log_prob = site["fn"].log_prob(site["value"])
-    if site["mask"] is not None and site["mask"] is not True:
-        log_prob = log_prob * site["mask"]
-    if not isinstance(site["scale"], (int, float)) or site["scale"] != 1.0:
-        log_prob = log_prob * site["scale"]
-    return log_prob
-
-
-def plain_log_joint(model: Callable, args: tuple, kwargs: dict, values: dict) -> torch.Tensor:
-    """``log p(x, z)`` (scalar) at one draw ``values`` (site -> value of the site's shape)."""
-    trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
-    trace = prune_subsample_sites(trace)
-    total = 0.0
-    for site in trace.nodes.values():
-        if site["type"] == "sample":
-            total = total + _site_log_prob(site).sum()
-    return total
-
-
-def particle_log_joint(
-    model: Callable, args: tuple, kwargs: dict, values: dict, dim: int, layout: dict,
-    vectorize: bool = True,
-) -> torch.Tensor:
-    """``log p(x, z_i)`` for ``n`` draws ``values`` (site -> ``(n, *shape)``), shape ``(n,)``.
-
-    One run of the model inside a plate of size ``n`` at batch dim ``dim`` when
-    ``vectorize`` (``layout`` maps each latent site to ``(value shape, event_dim)`` of one
-    draw), else one run per draw.
-    """
-    n = next(iter(values.values())).shape[0]
-    if n == 1 or not vectorize:
-        return torch.stack([
-            plain_log_joint(model, args, kwargs, {k: v[i] for k, v in values.items()})
-            for i in range(n)
-        ])
-
-    def vectorized(*a, **k):
-        with pyro.plate(_PARTICLES, n, dim=dim):
-            return model(*a, **k)
-
-    data = {
-        name: _to_particle_layout(v, layout[name][0], layout[name][1], dim)
-        for name, v in values.items()
-    }
-    trace = poutine.trace(poutine.condition(vectorized, data=data)).get_trace(*args, **kwargs)
-    trace = prune_subsample_sites(trace)
-    total = torch.zeros(n, dtype=next(iter(values.values())).dtype)
-    for site in trace.nodes.values():
-        if site["type"] == "sample":
-            total = total + _sum_to_particles(_site_log_prob(site), n, dim)
-    return total
-
-
-def _support_index(value: torch.Tensor) -> torch.Tensor:
-    return value.long()
-
-
-def sample_posterior(result, n: int) -> dict[str, torch.Tensor]:
-    """``n`` exact posterior draws of each latent site of ``result``."""
-    from pyrovi.em.result import DiscretePosterior, GaussianPosterior
-
-    post = result.posterior
-    if isinstance(post, GaussianPosterior):
-        return post.unflatten(post.sample_flat(n))
-    assert isinstance(post, DiscretePosterior)
-    if post.factorized:
-        out = {}
-        for name, probs in post.marginals.items():
-            draws = torch.distributions.Categorical(probs=probs).sample((n,))
-            out[name] = draws
-        return out
-    with result.scope():
-        shape_trace = poutine.trace(result.model).get_trace(*result.args, **result.kwargs)
-        dim = particle_dim(shape_trace, result.max_plate_nesting)
-
-        def vectorized(*a, **k):
-            with pyro.plate(_PARTICLES, n, dim=dim):
-                return result.model(*a, **k)
-
-        sampler = infer_discrete(
-            config_enumerate(vectorized, "parallel"), first_available_dim=dim - 1, temperature=1
-        )
-        with torch.no_grad():
-            trace = poutine.trace(sampler).get_trace(*result.args, **result.kwargs)
-    out = {}
-    for name in result.latent_sites:
-        site = shape_trace.nodes[name]
-        shape = tuple(site["value"].shape)
-        target = tuple(_to_particle_layout(torch.zeros(n, *shape), shape, site["fn"].event_dim,
-                                           dim).shape)
-        value = trace.nodes[name]["value"]
-        while value.dim() > len(target) and value.shape[0] == 1:
-            value = value.squeeze(0)
-        out[name] = value.expand(target).reshape((n,) + shape)
-    return out
-
-
-def model_layout(trace, names) -> dict:
-    """Site -> (value shape, event_dim) of the latent sites ``names`` in ``trace``."""
-    return {
-        name: (tuple(trace.nodes[name]["value"].shape), trace.nodes[name]["fn"].event_dim)
-        for name in names
-    }
-
-
-def log_joint(result, samples: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``log p(x, z)`` at the fitted parameters for each draw in ``samples``."""
-    with result.scope(), torch.no_grad():
-        shape_trace = poutine.trace(result.model).get_trace(*result.args, **result.kwargs)
-        dim = particle_dim(shape_trace, result.max_plate_nesting)
-        values = {k: samples[k] for k in result.latent_sites}
-        layout = model_layout(shape_trace, result.latent_sites)
-        try:
-            return particle_log_joint(result.model, result.args, result.kwargs, values, dim,
-                                      layout)
-        except (RuntimeError, ValueError):  # a model that does not broadcast: one at a time
-            return particle_log_joint(result.model, result.args, result.kwargs, values, dim,
-                                      layout, vectorize=False)
-
-
-def log_posterior(result, samples: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Exact ``log p(z | x, theta)`` of each draw in ``samples``."""
-    from pyrovi.em.result import DiscretePosterior, GaussianPosterior
-
-    post = result.posterior
-    if isinstance(post, GaussianPosterior):
-        return post.log_prob_flat(post.flatten({k: samples[k] for k in result.latent_sites}))
-    assert isinstance(post, DiscretePosterior)
-    if post.factorized:
-        total = 0.0
-        for name, probs in post.marginals.items():
-            idx = _support_index(samples[name])
-            logp = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
-            picked = torch.gather(logp.expand(idx.shape + probs.shape[-1:]), -1,
-                                  idx.unsqueeze(-1)).squeeze(-1)
-            total = total + picked.reshape(idx.shape[0], -1).sum(-1)
-        return total
-    return log_joint(result, samples) - result.log_evidence

@@ -1,14 +1,15 @@
-"""The result of an EM fit and the exact posteriors it holds.
+"""The result of an EM fit.
 
 An :class:`EMResult` is a frozen value: the fitted parameters, the log-evidence trace, the
-exact posterior :math:`p(z \\mid x, \\hat\\theta)` at the fitted parameters, and what later
+exact posterior :math:`p(z \\mid x, \\hat\\theta)` at the fitted parameters (a
+:class:`~pyrovi.em.posterior.GaussianPosterior` or
+:class:`~pyrovi.em.posterior.DiscretePosterior`, re-exported here), and what later
 diagnostics and the ArviZ export need (the model, its arguments and its parameter store).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -16,106 +17,10 @@ import torch
 
 from pyrovi._result import FitResult
 from pyrovi._runtime import check_positive, seeded
+from pyrovi.em import posterior as _posterior
+from pyrovi.em.posterior import DiscretePosterior, GaussianPosterior
 
 __all__ = ["EMResult", "DiscretePosterior", "GaussianPosterior"]
-
-
-@dataclasses.dataclass(frozen=True)
-class GaussianPosterior:
-    r"""Exact Gaussian posterior of the continuous latents, as independent Gaussian blocks.
-
-    The latent sites, each flattened (row-major) and concatenated in ``sites`` order, form
-    the latent vector :math:`z \in \mathbb{R}^d`; it is cut into ``B`` consecutive blocks of
-    ``m`` entries (``d = B m``) that are independent a posteriori.  A generic linear-Gaussian
-    model has one block (``B = 1, m = d``); factor analysis has one block per data point.
-
-    Attributes
-    ----------
-    mean : torch.Tensor
-        Posterior means, shape ``(B, m)``.
-    covariance : torch.Tensor
-        Posterior covariances, shape ``(B, m, m)`` (possibly an expanded view of one matrix).
-    sites : tuple of (str, torch.Size)
-        The latent sites and their value shapes, in the order they are concatenated.
-    """
-
-    mean: torch.Tensor
-    covariance: torch.Tensor
-    sites: tuple
-
-    @property
-    def scale_tril(self) -> torch.Tensor:
-        """Lower Cholesky factors of ``covariance``, shape ``(B, m, m)``."""
-        return torch.linalg.cholesky(self.covariance)
-
-    @property
-    def flat_mean(self) -> torch.Tensor:
-        """Mean of the flattened latent vector, shape ``(d,)``."""
-        return self.mean.reshape(-1)
-
-    def dense_covariance(self) -> torch.Tensor:
-        """Covariance of the flattened latent vector, shape ``(d, d)`` (materialised)."""
-        return torch.block_diag(*self.covariance.unbind(0))
-
-    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Split latent vectors of shape ``(n, d)`` into ``{site: (n, *shape)}``."""
-        out, offset = {}, 0
-        for name, shape in self.sites:
-            size = math.prod(shape)
-            out[name] = flat[:, offset : offset + size].reshape((flat.shape[0],) + tuple(shape))
-            offset += size
-        return out
-
-    def flatten(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Concatenate ``{site: (n, *shape)}`` into latent vectors of shape ``(n, d)``."""
-        n = next(iter(values.values())).shape[0]
-        return torch.cat([values[name].reshape(n, -1) for name, _ in self.sites], dim=-1)
-
-    def sample_flat(self, n: int) -> torch.Tensor:
-        """``n`` exact draws of the flattened latent vector, shape ``(n, d)``."""
-        eps = torch.randn((n,) + tuple(self.mean.shape), dtype=self.mean.dtype)
-        eps = eps.to(self.mean.device)
-        draws = self.mean + torch.einsum("bij,nbj->nbi", self.scale_tril, eps)
-        return draws.reshape(n, -1)
-
-    def log_prob_flat(self, flat: torch.Tensor) -> torch.Tensor:
-        """Exact log density of latent vectors ``flat`` of shape ``(n, d)``; shape ``(n,)``."""
-        blocks = flat.reshape((flat.shape[0],) + tuple(self.mean.shape))
-        L = self.scale_tril
-        diff = (blocks - self.mean).unsqueeze(-1)
-        white = torch.linalg.solve_triangular(L.expand(blocks.shape[:1] + L.shape), diff,
-                                              upper=False).squeeze(-1)
-        m = self.mean.shape[-1]
-        log_det = L.diagonal(dim1=-2, dim2=-1).log().sum()
-        return (-0.5 * white.square().sum((-1, -2)) - log_det
-                - 0.5 * self.mean.shape[0] * m * math.log(2 * math.pi))
-
-    def entropy(self) -> torch.Tensor:
-        r"""Differential entropy :math:`\tfrac12 \log\det(2\pi e \Sigma)` of the latent vector."""
-        d = self.mean.numel()
-        log_det = 2 * self.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum()
-        return 0.5 * (d * (1.0 + math.log(2 * math.pi)) + log_det)
-
-
-@dataclasses.dataclass(frozen=True)
-class DiscretePosterior:
-    """Exact posterior of finite discrete latents, as per-site marginal probabilities.
-
-    Attributes
-    ----------
-    marginals : dict of str to torch.Tensor
-        Site -> posterior marginal probabilities of its values, shape
-        ``site batch shape + (support size,)``, the last dim indexing the values of the
-        site's ``enumerate_support()`` (``0..K-1`` for a Categorical, ``0, 1`` for a
-        Bernoulli).
-    factorized : bool
-        Whether the joint posterior is the product of the marginals (mixture models fitted
-        in closed form).  Otherwise (e.g. hidden Markov chains) draws and densities come
-        from Pyro's forward-filter backward-sample (``infer_discrete``) and the model.
-    """
-
-    marginals: dict
-    factorized: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,36 +115,30 @@ class EMResult(FitResult):
         dict of str to torch.Tensor
             Site -> draws of shape ``(n, *site value shape)`` (constrained space).
         """
-        from pyrovi.em.posterior_ops import sample_posterior
-
         check_positive("n", n, integer=True)
         if seed is None:
-            return sample_posterior(self, n)
+            return _posterior.sample_posterior(self, n)
         with seeded(int(seed), self.device):
-            return sample_posterior(self, n)
+            return _posterior.sample_posterior(self, n)
 
     def log_posterior(self, samples: dict[str, torch.Tensor]) -> torch.Tensor:
         r"""Exact :math:`\log p(z \mid x, \theta)` of draws ``samples`` (as from
         :meth:`sample`), shape ``(n,)``."""
-        from pyrovi.em.posterior_ops import log_posterior
-
         missing = [s for s in self.latent_sites if s not in samples]
         if missing:
             raise ValueError(
                 f"samples lacks the latent site(s) {missing}; expected a dict with keys "
                 f"{list(self.latent_sites)} as returned by sample()"
             )
-        return log_posterior(self, samples)
+        return _posterior.log_posterior(self, samples)
 
     def log_joint(self, samples: dict[str, torch.Tensor]) -> torch.Tensor:
         r""":math:`\log p(x, z \mid \theta)` of draws ``samples`` at the fitted parameters,
         shape ``(n,)``."""
-        from pyrovi.em.posterior_ops import log_joint
-
-        return log_joint(self, samples)
+        return _posterior.log_joint(self, samples)
 
     def to_arviz(self, num_samples: int = 1000, **kwargs):
         """Export to ArviZ; see :func:`pyrovi.to_arviz`."""
-        from pyrovi.arviz import to_arviz
+        from pyrovi.arviz import to_arviz  # at call time: pyrovi.arviz sits above pyrovi.em
 
         return to_arviz(self, num_samples, **kwargs)

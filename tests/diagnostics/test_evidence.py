@@ -133,6 +133,19 @@ def test_exact_refuses_nonlinear_site():
         log_evidence(model, torch.tensor(0.3, dtype=F64))
 
 
+def test_exact_refuses_a_log_joint_convex_in_a_site():
+    def model(y):
+        a = pyro.sample("a", dist.Normal(torch.tensor(0.0, dtype=F64), 1.0))
+        b = pyro.sample("b", dist.Normal(torch.tensor(0.0, dtype=F64), 1.0))
+        pyro.factor("convex", 0.6 * b**2)
+        pyro.sample("y", dist.Normal(a, 1.0), obs=y)
+
+    with pytest.raises(IntractableError, match=r"site 'b' makes -Hessian .* not positive "
+                       r"definite.*'ais'") as info:
+        log_evidence(model, torch.tensor(0.3, dtype=F64))
+    assert info.value.site == "b"
+
+
 def test_exact_refuses_infinite_discrete_and_mixed_models():
     def poisson(y):
         k = pyro.sample("k", dist.Poisson(torch.tensor(3.0, dtype=F64)))

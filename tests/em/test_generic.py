@@ -20,8 +20,8 @@ from pyrovi.em.estep import (
     latent_layout,
     make_log_joint,
 )
-from pyrovi.em.posterior_ops import model_layout, particle_dim
-from pyrovi.errors import ModelError
+from pyrovi.em.posterior import model_layout, particle_dim
+from pyrovi.errors import ModelError, PyroviError
 
 
 def hmm(ys):
@@ -252,3 +252,16 @@ def test_mixed_latents_and_no_latent_refused(blobs):
 def test_bad_arguments_refused(kwargs, err, match):
     with pytest.raises(err, match=match):
         EM(hmm, **kwargs)
+
+
+def test_not_concave_latent_refused():
+    def model(x):
+        s = pyro.param("s", torch.tensor(1.0), constraint=constraints.positive)
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        pyro.factor("convex", 0.6 * b**2)  # log joint convex in b: no Gaussian posterior
+        pyro.sample("x", dist.Normal(a, s), obs=x)
+
+    with pytest.raises(PyroviError, match=r"precision -H of the latents \['a', 'b'\] is not "
+                       r"positive definite.*proper Gaussian prior"):
+        EM(model, progress=False).run(torch.tensor(0.5))
