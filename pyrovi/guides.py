@@ -1,73 +1,159 @@
-"""Guide families by name, built on Pyro's autoguides.
+"""The ``guide`` argument: a family name, a Pyro AutoGuide, or a guide function.
 
-==============  ==========================================  ===============================
-family          q(z) in unconstrained space                 Pyro class
-==============  ==========================================  ===============================
-``meanfield``   N(mu, diag(sigma^2)), fully factorized       ``AutoNormal``
-``lowrank:K``   N(mu, W W^T + diag(d)), rank K               ``AutoLowRankMultivariateNormal``
-``fullrank``    N(mu, R R^T), R lower-triangular Cholesky    ``AutoMultivariateNormal``
-``delta``       point mass at the MAP                       ``AutoDelta``
-``laplace``     N(MAP, -H^{-1}) at the MAP                   ``AutoLaplaceApproximation``
-==============  ==========================================  ===============================
-
-A Pyro ``AutoGuide`` class or instance, or a user-written guide function, is accepted too.
+:func:`parse_guide` checks the argument and returns a :class:`GuideSpec`;
+:func:`build_guide` builds the guide for a model.  The families themselves -- what each
+builds and everything the rest of pyrovi asks about it -- are the records of
+:mod:`pyrovi.families`.  A Pyro ``AutoGuide`` class or instance, or a user-written guide
+function, is accepted too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pyro.poutine as poutine
-from pyro.infer import autoguide
+import torch
 from pyro.infer.autoguide import AutoGuide
 
-__all__ = ["GuideSpec", "FAMILIES", "parse_guide", "build_guide"]
+from pyrovi.families import COMPILED, FAMILIES, INIT_SCALE, REGISTRY, Family
 
-FAMILIES = ("meanfield", "lowrank", "fullrank", "delta", "laplace")
+__all__ = ["GuideSpec", "FAMILIES", "INIT_SCALE", "parse_guide", "build_guide"]
 
-#: Initial scale of the Gaussian families in unconstrained space.  Pyro's default (0.1) is
-#: kept: it starts the fit near the initial location without collapsing the entropy.
-INIT_SCALE = 0.1
+#: The autoguide classes that, given by the user (so never finalized), are point masses
+#: trained as a MAP: those of the registered MAP-trained families (AutoDelta, and
+#: AutoLaplaceApproximation, whose posterior before ``laplace_approximation`` is a Delta).
+_POINT_MASS_AUTOGUIDES = tuple(f.autoguide for f in REGISTRY.values() if f.map_trained)
 
 
 @dataclasses.dataclass(frozen=True)
 class GuideSpec:
-    """A parsed ``guide`` argument.
+    """A parsed ``guide`` argument: a registered family, or the user's own guide.
 
     Attributes
     ----------
-    family : str
-        ``"meanfield"``, ``"lowrank"``, ``"fullrank"``, ``"delta"``, ``"laplace"``,
-        ``"autoguide"`` (a user-supplied AutoGuide class or instance) or ``"custom"`` (a
-        user-written guide function).
+    record : Family or None
+        The registered family (None for a user AutoGuide or guide function).
     rank : int or None
-        The rank of the ``lowrank`` family (None: Pyro's default, about sqrt(dim)).
+        The rank of a family that takes one (None: Pyro's default, about sqrt(dim)).
     obj : object
-        The AutoGuide class, instance or guide function for ``autoguide`` / ``custom``.
+        The AutoGuide class or instance, or the guide function, the user gave (None for a
+        registered family).
     """
 
-    family: str
+    record: Family | None = None
     rank: int | None = None
     obj: object = None
 
     @property
+    def family(self) -> str:
+        """The registry name, ``"autoguide"`` (a user AutoGuide class or instance) or
+        ``"custom"`` (a guide function)."""
+        if self.record is not None:
+            return self.record.name
+        return "autoguide" if self.is_user_autoguide else "custom"
+
+    @property
     def name(self) -> str:
-        """The family's display name (``lowrank:K`` keeps its rank)."""
-        if self.family == "lowrank" and self.rank is not None:
-            return f"lowrank:{self.rank}"
-        if self.family == "autoguide":
-            cls = self.obj if inspect.isclass(self.obj) else type(self.obj)
-            return cls.__name__
-        if self.family == "custom":
-            return getattr(self.obj, "__name__", "custom")
-        return self.family
+        """The display name (``lowrank:K`` keeps its rank; an AutoGuide's class name; a guide
+        function's name)."""
+        if self.record is not None:
+            return self.record.display_name(self.rank)
+        if self.is_user_autoguide:
+            return self._autoguide_class().__name__
+        return getattr(self.obj, "__name__", "custom")
+
+    @property
+    def is_user_autoguide(self) -> bool:
+        """Whether the user gave an AutoGuide class or instance."""
+        return self.record is None and (
+            isinstance(self.obj, AutoGuide)
+            or (inspect.isclass(self.obj) and issubclass(self.obj, AutoGuide))
+        )
+
+    @property
+    def is_custom(self) -> bool:
+        """Whether the user gave a guide function (not an AutoGuide)."""
+        return self.record is None and not self.is_user_autoguide
+
+    @property
+    def is_user_guide(self) -> bool:
+        """Whether the guide is the user's own (an AutoGuide or a guide function), not a
+        registered family."""
+        return self.record is None
 
     @property
     def is_auto(self) -> bool:
         """Whether pyrovi builds (or was given) an AutoGuide."""
-        return self.family != "custom"
+        return not self.is_custom
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled fast path takes this guide (a registered family only)."""
+        return self.record is not None and self.record.compiled
+
+    @property
+    def has_density(self) -> bool:
+        """Whether the fitted q has a density (False for a point mass).  A guide function is
+        taken to have one; a user AutoGuide has one unless it is an AutoDelta or an
+        (unfinalized) AutoLaplaceApproximation."""
+        if self.record is not None:
+            return self.record.has_density
+        return not (self.is_user_autoguide and self._is_point_mass_autoguide())
+
+    @property
+    def map_trained(self) -> bool:
+        """Whether training maximizes the log joint at a point (delta, laplace, and a user
+        AutoDelta or AutoLaplaceApproximation)."""
+        if self.record is not None:
+            return self.record.map_trained
+        return self.is_user_autoguide and self._is_point_mass_autoguide()
+
+    @property
+    def not_compiled_reason(self) -> str | None:
+        """None when the compiled path takes this guide, else why not, in plain words."""
+        if self.compiled:
+            return None
+        if self.record is not None:
+            what = f"the {self.record.name!r} family"
+            if self.record.not_compiled:
+                what += f" ({self.record.not_compiled})"
+        elif self.is_user_autoguide:
+            what = "an AutoGuide class or instance given by the user"
+        else:
+            what = "a user-written guide function"
+        covered = ", ".join(COMPILED[:-1]) + " and " + COMPILED[-1]
+        return f"the compiled path covers {covered}, not {what}"
+
+    def finalize(
+        self, guide: Callable, args: tuple, kwargs: Mapping
+    ) -> tuple[Callable, dict[str, torch.Tensor]]:
+        """The guide to report after training and the parameters it adds: the family's
+        :meth:`~pyrovi.families.Family.finalize` (``laplace``: the Gaussian at the MAP);
+        a user's guide as it is."""
+        if self.record is None:
+            return guide, {}
+        return self.record.finalize(guide, args, kwargs)
+
+    def _autoguide_class(self) -> type:
+        return self.obj if inspect.isclass(self.obj) else type(self.obj)
+
+    def _is_point_mass_autoguide(self) -> bool:
+        return issubclass(self._autoguide_class(), _POINT_MASS_AUTOGUIDES)
+
+
+def _parse_ranked(guide: str, name: str, family: Family) -> GuideSpec:
+    """``name`` is ``family.name`` followed by nothing or ``:K``."""
+    rest = name[len(family.name) :]
+    if rest == "":
+        return GuideSpec(family)
+    if rest.startswith(":") and rest[1:].isdigit() and int(rest[1:]) > 0:
+        return GuideSpec(family, rank=int(rest[1:]))
+    raise ValueError(
+        f"guide={guide!r}: the {family.title} family is written '{family.name}' or "
+        f"'{family.name}:K' with a positive integer rank K, e.g. '{family.name}:5'"
+    )
 
 
 def parse_guide(guide: object) -> GuideSpec:
@@ -82,34 +168,27 @@ def parse_guide(guide: object) -> GuideSpec:
     """
     if isinstance(guide, str):
         name = guide.strip().lower()
-        if name.startswith("lowrank"):
-            rest = name[len("lowrank") :]
-            if rest == "":
-                return GuideSpec("lowrank")
-            if rest.startswith(":") and rest[1:].isdigit() and int(rest[1:]) > 0:
-                return GuideSpec("lowrank", rank=int(rest[1:]))
-            raise ValueError(
-                f"guide={guide!r}: the low-rank family is written 'lowrank' or 'lowrank:K' "
-                "with a positive integer rank K, e.g. 'lowrank:5'"
-            )
-        if name in FAMILIES:
-            return GuideSpec(name)
+        for family in REGISTRY.values():
+            if family.takes_rank and name.startswith(family.name):
+                return _parse_ranked(guide, name, family)
+        if name in REGISTRY:
+            return GuideSpec(REGISTRY[name])
+        ranked = [f.name for f in REGISTRY.values() if f.takes_rank]
+        also = f" (or {', '.join(repr(f'{n}:K') for n in ranked)})" if ranked else ""
         raise ValueError(
             f"guide={guide!r} is not a known guide family; expected one of "
-            f"{', '.join(repr(f) for f in FAMILIES)} (or 'lowrank:K'), a Pyro AutoGuide class "
+            f"{', '.join(repr(f) for f in FAMILIES)}{also}, a Pyro AutoGuide class "
             "or instance, or a guide function"
         )
     if inspect.isclass(guide):
         if issubclass(guide, AutoGuide):
-            return GuideSpec("autoguide", obj=guide)
+            return GuideSpec(obj=guide)
         raise TypeError(
             f"guide={guide.__name__} is a class but not a Pyro AutoGuide; pass a family name, "
             "an AutoGuide class or instance, or a guide function"
         )
-    if isinstance(guide, AutoGuide):
-        return GuideSpec("autoguide", obj=guide)
-    if callable(guide):
-        return GuideSpec("custom", obj=guide)
+    if isinstance(guide, AutoGuide) or callable(guide):
+        return GuideSpec(obj=guide)
     raise TypeError(
         f"guide must be a family name ({', '.join(FAMILIES)}), a Pyro AutoGuide class or "
         f"instance, or a guide function; got {type(guide).__name__}"
@@ -119,22 +198,11 @@ def parse_guide(guide: object) -> GuideSpec:
 def build_guide(spec: GuideSpec, model: Callable, hide: Sequence[str] = ()) -> Callable:
     """Build the guide for ``model``; ``hide`` lists sites the guide must not cover
     (the enumerated discrete latents, which the ELBO sums out exactly)."""
-    if spec.family == "custom":
+    if spec.is_custom:
         return spec.obj
     target = poutine.block(model, hide=list(hide)) if hide else model
-    if spec.family == "meanfield":
-        return autoguide.AutoNormal(target, init_scale=INIT_SCALE)
-    if spec.family == "fullrank":
-        return autoguide.AutoMultivariateNormal(target, init_scale=INIT_SCALE)
-    if spec.family == "lowrank":
-        return autoguide.AutoLowRankMultivariateNormal(
-            target, rank=spec.rank, init_scale=INIT_SCALE
-        )
-    if spec.family == "delta":
-        return autoguide.AutoDelta(target)
-    if spec.family == "laplace":
-        return autoguide.AutoLaplaceApproximation(target)
-    # a user-supplied AutoGuide class or instance
-    if inspect.isclass(spec.obj):
+    if spec.record is not None:
+        return spec.record.build(target, spec.rank)
+    if inspect.isclass(spec.obj):  # a user-supplied AutoGuide class
         return spec.obj(target)
     return spec.obj

@@ -6,16 +6,9 @@ few fused kernels; :meth:`GuideParams.write` copies a fitted ``theta`` back into
 after which the autoguide, ``VIResult`` and every later method see the fitted values.
 
 Which tensors, in which order, and how each is constrained is Pyro's choice, read from the
-autoguide itself (its attributes and class constraints), never re-derived:
-
-==============  ===========================================================================
-family          pieces of ``theta`` (each flat, sites in the guide's prototype order)
-==============  ===========================================================================
-``meanfield``   ``locs.<site>`` for every site, then ``scales.<site>`` (softplus-positive)
-``fullrank``    ``loc``, ``scale`` (softplus-positive), ``scale_tril`` (unit lower Cholesky)
-``lowrank``     ``loc``, ``scale`` (softplus-positive), ``cov_factor``
-``delta``       ``<site>`` for every site, each in the space of ``transform_to(support)``
-==============  ===========================================================================
+autoguide itself (its attributes and class constraints), never re-derived; the family's math
+object lists them (``param_specs``) and maps ``theta`` to its :class:`QParams`
+(``constrained``), see :mod:`pyrovi.families`.
 """
 
 from __future__ import annotations
@@ -25,9 +18,9 @@ import operator
 
 import pyro
 import torch
-from torch.distributions import biject_to, constraints, transform_to
+from torch.distributions import constraints, transform_to
 
-from pyrovi.fast.families import QParams
+from pyrovi.families import REGISTRY, Family, FamilyMath, QParams
 from pyrovi.fast.potential import FlatLayout
 
 __all__ = ["Piece", "GuideParams", "guide_params"]
@@ -70,21 +63,23 @@ class GuideParams:
 
     Attributes
     ----------
-    family : str
-        ``"meanfield"``, ``"lowrank"``, ``"fullrank"`` or ``"delta"``.
+    family : FamilyMath
+        The family's math (:class:`~pyrovi.families.MeanField`, ...); ``family.name`` is
+        its registry name.
     layout : FlatLayout
         The latent sites' layout in the unconstrained space of the model's potential.
     pieces : tuple of Piece
         The parameters, in ``theta`` order.
-    rank : int
-        The lowrank family's rank (0 otherwise).
     """
 
-    family: str
+    family: FamilyMath
     layout: FlatLayout
     pieces: tuple[Piece, ...]
-    rank: int = 0
-    supports: tuple = ()
+
+    @property
+    def rank(self) -> int:
+        """The low-rank family's rank (0 otherwise)."""
+        return self.family.rank
 
     @property
     def size(self) -> int:
@@ -102,27 +97,8 @@ class GuideParams:
             p.leaf.copy_(p.part(theta.detach()))
 
     def constrained(self, theta: torch.Tensor) -> QParams:
-        """The family's :class:`QParams` at ``theta``, flat over the potential's layout.
-
-        For ``delta`` the point is mapped from each site's parameter space
-        (``transform_to(support)``) to the potential's unconstrained space
-        (``biject_to(support)``), which differ for a few supports (e.g. the simplex).
-        """
-        d = self.layout.dim
-        if self.family == "meanfield":
-            # locs then scales, each in layout order; the scale transform is elementwise
-            scale_constraint = self.pieces[-1].constraint
-            return QParams(theta[:d], transform_to(scale_constraint)(theta[d : 2 * d]))
-        if self.family in ("fullrank", "lowrank"):
-            loc, scale, factor = (p.value(theta) for p in self.pieces)
-            return QParams(loc, scale, factor)
-        if self.family == "delta":
-            parts = []
-            for p, support in zip(self.pieces, self.supports, strict=True):
-                x = p.value(theta)
-                parts.append(biject_to(support).inv(x).reshape(-1))
-            return QParams(torch.cat(parts))
-        raise ValueError(f"unknown family {self.family!r}")
+        """The family's :class:`QParams` at ``theta``, flat over the potential's layout."""
+        return self.family.constrained(self.pieces, theta)
 
 
 def _leaf(guide, path: str) -> torch.Tensor:
@@ -132,39 +108,29 @@ def _leaf(guide, path: str) -> torch.Tensor:
     return unconstrained() if unconstrained is not None else value
 
 
-def guide_params(family: str, guide, layout: FlatLayout) -> GuideParams:
+def guide_params(
+    family: Family | FamilyMath | str, guide, layout: FlatLayout
+) -> GuideParams:
     """Collect ``guide``'s parameters (already created in the active store) in ``theta``
     order.
+
+    ``family`` is the guide's :class:`~pyrovi.families.Family` record, its math object, or
+    (for older callers) its registry name.
 
     Raises
     ------
     ValueError
-        When the store holds parameters the guide does not account for (a model with
-        ``pyro.param`` sites), or the parameters mix dtypes or devices.
+        For a family the compiled path does not take, when the store holds parameters the
+        guide does not account for (a model with ``pyro.param`` sites), or when the
+        parameters mix dtypes or devices.
     """
-    sites = [s.name for s in layout.slots]
-    rank = 0
-    supports: tuple = ()
-    if family == "meanfield":
-        specs = [(f"locs.{n}", None) for n in sites]
-        specs += [(f"scales.{n}", guide.scale_constraint) for n in sites]
-        if transform_to(guide.scale_constraint).codomain.event_dim != 0:
-            raise ValueError("the guide's scale constraint is not elementwise")
-    elif family == "fullrank":
-        specs = [
-            ("loc", None),
-            ("scale", guide.scale_constraint),
-            ("scale_tril", guide.scale_tril_constraint),
-        ]
-    elif family == "lowrank":
-        specs = [("loc", None), ("scale", guide.scale_constraint), ("cov_factor", None)]
-        rank = int(guide.rank)
-    elif family == "delta":
-        nodes = guide.prototype_trace.nodes
-        supports = tuple(nodes[n]["fn"].support for n in sites)
-        specs = list(zip(sites, supports, strict=True))
-    else:
-        raise ValueError(f"family {family!r} has no flat parameterization")
+    if isinstance(family, str):
+        record = REGISTRY.get(family)
+        if record is None:
+            raise ValueError(f"family {family!r} has no flat parameterization")
+        family = record
+    math = family.math_for(guide) if isinstance(family, Family) else family
+    specs = math.param_specs(guide, [s.name for s in layout.slots])
     pieces = []
     offset = 0
     for path, constraint in specs:
@@ -181,4 +147,4 @@ def guide_params(family: str, guide, layout: FlatLayout) -> GuideParams:
         )
     if len({(p.leaf.dtype, p.leaf.device) for p in pieces}) != 1:
         raise ValueError("the guide's parameters mix dtypes or devices")
-    return GuideParams(family, layout, tuple(pieces), rank, supports)
+    return GuideParams(math, layout, tuple(pieces))

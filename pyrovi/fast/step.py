@@ -25,7 +25,6 @@ from collections.abc import Callable
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from pyrovi.fast.families import draw, entropy, noise_dim
 from pyrovi.fast.params import GuideParams
 
 __all__ = [
@@ -95,12 +94,12 @@ def make_neg_elbo(
 
     def neg_elbo(theta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         q = params.constrained(theta)
-        u = draw(family, q, eps)
+        u = family.draw(q, eps)
         if u.shape[0] == 1:
             log_p = log_density(u[0])
         else:
             log_p = torch.vmap(log_density)(u).mean()
-        return -(log_p + entropy(family, q))
+        return -(log_p + family.entropy(q))
 
     return neg_elbo
 
@@ -170,7 +169,7 @@ def new_state(
     """A fresh :class:`StepState` starting from the store's current parameter values."""
     theta = params.read().clone()
     dtype, device = theta.dtype, theta.device
-    noise = noise_dim(params.family, params.layout.dim, params.rank)
+    noise = params.family.noise_dim(params.layout.dim)
     particles = num_particles if noise > 0 else 1
 
     def scalar(value, dt=dtype):

@@ -112,3 +112,8 @@ def test_fullrank_beats_meanfield_on_a_correlated_posterior():
     assert float(exact_corr) < -0.5  # the test model really is correlated
     assert float(corr) == pytest.approx(float(exact_corr), abs=0.04)
     assert torch.allclose(draws.mean(0), mean, atol=0.05 * float(cov.diagonal().sqrt().min()) + 0.01)
+
+
+def test_every_registered_family_is_checked_here():
+    """A family added to the registry gets the closed-form checks above."""
+    assert tuple(FAMILIES) == pyrovi.FAMILIES

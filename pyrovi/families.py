@@ -1,0 +1,473 @@
+r"""The guide families: one :class:`Family` record each, in one registry.
+
+A record says everything the rest of pyrovi needs to know about a family: which Pyro
+autoguide it builds and how, whether the compiled path takes it (and with which math),
+whether the fitted q has a density, whether it is trained as a MAP, whether it takes a rank,
+and what to do after training.  Adding a family is one record in :data:`REGISTRY` plus, for
+the compiled path, one math class here.
+
+==============  ==========================================  ===============================
+family          q(z) in unconstrained space                 Pyro class
+==============  ==========================================  ===============================
+``meanfield``   N(mu, diag(sigma^2)), fully factorized       ``AutoNormal``
+``lowrank:K``   N(mu, W W^T + diag(d)), rank K               ``AutoLowRankMultivariateNormal``
+``fullrank``    N(mu, R R^T), R lower-triangular Cholesky    ``AutoMultivariateNormal``
+``delta``       point mass at the MAP                       ``AutoDelta``
+``laplace``     N(MAP, -H^{-1}) at the MAP                   ``AutoLaplaceApproximation``
+==============  ==========================================  ===============================
+
+The compiled path's math
+------------------------
+:class:`MeanField`, :class:`FullRank`, :class:`LowRank` and :class:`Delta` are the pure
+Gaussian math of a family over one flat unconstrained vector: constrained parameters (a
+:class:`QParams`) and tensors in, tensors out; nothing there runs Pyro.  The
+parameterizations are Pyro's, so that fitted values go straight back into the autoguides:
+
+==============  ===================================================  ============================
+family          q(u) = N(loc, Sigma)                                  ``param_specs`` (theta order)
+==============  ===================================================  ============================
+``meanfield``   Sigma = diag(scale^2)                                 ``locs.<site>`` for every
+                                                                      site, then ``scales.<site>``
+``fullrank``    Sigma = R R^T, R = diag(scale) L, L unit lower-tri.   ``loc``, ``scale``,
+                                                                      ``scale_tril``
+``lowrank``     Sigma = diag(scale) (W W^T + I) diag(scale), W: DxK   ``loc``, ``scale``,
+                                                                      ``cov_factor``
+``delta``       a point mass at ``loc``                               ``<site>`` for every site
+==============  ===================================================  ============================
+
+Draws are :math:`u = \mathrm{loc} + A \epsilon` with standard-normal noise of shape
+``(P, noise_dim)``, vectorized over the ``P`` particles; the entropy is closed-form,
+:math:`H = \tfrac{D}{2}(1 + \log 2\pi) + \tfrac12 \log\det\Sigma`.  For the low-rank family
+the determinant uses the matrix determinant lemma,
+:math:`\det(I_D + W W^T) = \det(I_K + W^T W)`, so the cost is :math:`O(D K^2)`.
+(Written by hand because torch's distributions hold no batched draw-from-given-noise for
+these parameterizations and their entropies would rebuild dense factors each step.)
+
+The math lives here rather than in :mod:`pyrovi.fast`, whose package imports the VI driver:
+the records need it, and the driver needs the records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar, NamedTuple, Protocol
+
+import torch
+from pyro.infer import autoguide
+from pyro.infer.autoguide import AutoGuide
+from torch.distributions import biject_to, transform_to
+
+__all__ = [
+    "Family",
+    "REGISTRY",
+    "FAMILIES",
+    "COMPILED",
+    "INIT_SCALE",
+    "lookup",
+    "QParams",
+    "FamilyMath",
+    "MeanField",
+    "FullRank",
+    "LowRank",
+    "Delta",
+]
+
+#: Initial scale of the Gaussian families in unconstrained space.  Pyro's default (0.1) is
+#: kept: it starts the fit near the initial location without collapsing the entropy.
+INIT_SCALE = 0.1
+
+_HALF_LOG_2PI_E = 0.5 * (1.0 + math.log(2.0 * math.pi))
+
+
+# ------------------------------------------------------------------------------ the math
+class QParams(NamedTuple):
+    """Constrained parameters of a family, flat over the ``D`` unconstrained latents.
+
+    Attributes
+    ----------
+    loc : Tensor, shape (D,)
+        Mean (the point itself for ``delta``).
+    scale : Tensor, shape (D,), or None
+        Positive per-coordinate scale (``None`` for ``delta``).
+    factor : Tensor or None
+        ``fullrank``: the unit lower-triangular ``L`` (D, D); ``lowrank``: the factor ``W``
+        (D, K); ``None`` otherwise.
+    """
+
+    loc: torch.Tensor
+    scale: torch.Tensor | None = None
+    factor: torch.Tensor | None = None
+
+
+class _Piece(Protocol):
+    """What the math reads of a parameter piece (:class:`pyrovi.fast.params.Piece`)."""
+
+    constraint: object
+    offset: int
+    size: int
+
+    def value(self, theta: torch.Tensor) -> torch.Tensor: ...
+
+
+class FamilyMath(Protocol):
+    """The compiled path's view of a family (see the module docstring).
+
+    Attributes
+    ----------
+    name : str
+        The family's registry name.
+    rank : int
+        Columns of the low-rank factor (0 for the other families).
+    jacobian : bool
+        Whether the ELBO's log density includes the log-Jacobian of the map from the
+        unconstrained space (False for a MAP point, found in the constrained space as
+        ``AutoDelta`` does).
+    """
+
+    name: str
+    rank: int
+    jacobian: bool
+
+    def noise_dim(self, dim: int) -> int: ...
+    def draw(self, q: QParams, eps: torch.Tensor) -> torch.Tensor: ...
+    def entropy(self, q: QParams) -> torch.Tensor: ...
+    def covariance(self, q: QParams) -> torch.Tensor: ...
+    def param_specs(self, guide: AutoGuide, sites: Sequence[str]) -> list[tuple[str, object]]: ...
+    def constrained(self, pieces: Sequence[_Piece], theta: torch.Tensor) -> QParams: ...
+
+
+def _gaussian_entropy(q: QParams) -> torch.Tensor:
+    """:math:`\\tfrac{D}{2}(1 + \\log 2\\pi) + \\sum \\log \\mathrm{scale}`: the entropy when
+    the rest of the factor has unit determinant."""
+    return q.loc.shape[-1] * _HALF_LOG_2PI_E + q.scale.log().sum(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanField:
+    """``AutoNormal``: Sigma = diag(scale^2); theta holds every site's ``locs`` then every
+    site's ``scales``."""
+
+    name: ClassVar[str] = "meanfield"
+    rank: ClassVar[int] = 0
+    jacobian: ClassVar[bool] = True
+
+    @classmethod
+    def from_guide(cls, guide: AutoGuide) -> MeanField:
+        return cls()
+
+    def noise_dim(self, dim: int) -> int:
+        """Standard-normal draws per particle: ``D``."""
+        return dim
+
+    def draw(self, q: QParams, eps: torch.Tensor) -> torch.Tensor:
+        """Draws ``loc + scale * eps`` of shape ``(P, D)`` from ``eps`` of shape ``(P, D)``."""
+        return q.loc + q.scale * eps
+
+    def entropy(self, q: QParams) -> torch.Tensor:
+        """Closed-form entropy of q in nats."""
+        return _gaussian_entropy(q)
+
+    def covariance(self, q: QParams) -> torch.Tensor:
+        """The dense covariance (D, D); for tests and diagnostics, not the step."""
+        return torch.diag_embed(q.scale**2)
+
+    def param_specs(self, guide: AutoGuide, sites: Sequence[str]) -> list[tuple[str, object]]:
+        """``(attribute path, constraint or None)`` of each parameter, in theta order.
+
+        Raises
+        ------
+        ValueError
+            When the guide's scale constraint is not elementwise.
+        """
+        if transform_to(guide.scale_constraint).codomain.event_dim != 0:
+            raise ValueError("the guide's scale constraint is not elementwise")
+        specs: list[tuple[str, object]] = [(f"locs.{n}", None) for n in sites]
+        specs += [(f"scales.{n}", guide.scale_constraint) for n in sites]
+        return specs
+
+    def constrained(self, pieces: Sequence[_Piece], theta: torch.Tensor) -> QParams:
+        """:class:`QParams` at ``theta``: the locs, then the scales (elementwise transform)."""
+        d = sum(p.size for p in pieces[: len(pieces) // 2])
+        scale_constraint = pieces[-1].constraint
+        return QParams(theta[:d], transform_to(scale_constraint)(theta[d : 2 * d]))
+
+
+class _Dense:
+    """The families whose theta is ``loc``, ``scale`` and one factor."""
+
+    jacobian: ClassVar[bool] = True
+
+    def constrained(self, pieces: Sequence[_Piece], theta: torch.Tensor) -> QParams:
+        """:class:`QParams` at ``theta``: ``loc``, ``scale`` and the factor, constrained."""
+        loc, scale, factor = (p.value(theta) for p in pieces)
+        return QParams(loc, scale, factor)
+
+
+@dataclasses.dataclass(frozen=True)
+class FullRank(_Dense):
+    """``AutoMultivariateNormal``: Sigma = R R^T with R = diag(scale) L, L unit
+    lower-triangular."""
+
+    name: ClassVar[str] = "fullrank"
+    rank: ClassVar[int] = 0
+
+    @classmethod
+    def from_guide(cls, guide: AutoGuide) -> FullRank:
+        return cls()
+
+    def noise_dim(self, dim: int) -> int:
+        """Standard-normal draws per particle: ``D``."""
+        return dim
+
+    def draw(self, q: QParams, eps: torch.Tensor) -> torch.Tensor:
+        """Draws ``loc + R eps_p`` of shape ``(P, D)`` from ``eps`` of shape ``(P, D)``."""
+        # (scale[:, None] * L) @ eps_p for each particle p, written row-wise
+        return q.loc + (eps @ q.factor.transpose(-1, -2)) * q.scale
+
+    def entropy(self, q: QParams) -> torch.Tensor:
+        """Closed-form entropy of q in nats: det(diag(scale) L) = prod(scale), L has a unit
+        diagonal."""
+        return _gaussian_entropy(q)
+
+    def covariance(self, q: QParams) -> torch.Tensor:
+        """The dense covariance (D, D); for tests and diagnostics, not the step."""
+        r = q.scale[:, None] * q.factor
+        return r @ r.T
+
+    def param_specs(self, guide: AutoGuide, sites: Sequence[str]) -> list[tuple[str, object]]:
+        """``(attribute path, constraint or None)`` of each parameter, in theta order."""
+        return [
+            ("loc", None),
+            ("scale", guide.scale_constraint),
+            ("scale_tril", guide.scale_tril_constraint),
+        ]
+
+
+@dataclasses.dataclass(frozen=True)
+class LowRank(_Dense):
+    """``AutoLowRankMultivariateNormal``: Sigma = diag(scale) (W W^T + I) diag(scale), with
+    ``W`` of shape (D, ``rank``)."""
+
+    rank: int
+    name: ClassVar[str] = "lowrank"
+
+    @classmethod
+    def from_guide(cls, guide: AutoGuide) -> LowRank:
+        return cls(int(guide.rank))
+
+    def noise_dim(self, dim: int) -> int:
+        """Standard-normal draws per particle: ``D + K``."""
+        return dim + self.rank
+
+    def draw(self, q: QParams, eps: torch.Tensor) -> torch.Tensor:
+        """Draws ``loc + scale * (W eps_K + eps_D)`` of shape ``(P, D)`` from ``eps`` of shape
+        ``(P, K + D)``."""
+        k = q.factor.shape[-1]
+        return q.loc + q.scale * (eps[..., :k] @ q.factor.transpose(-1, -2) + eps[..., k:])
+
+    def entropy(self, q: QParams) -> torch.Tensor:
+        """Closed-form entropy of q in nats, the determinant by the matrix determinant lemma."""
+        k = q.factor.shape[-1]
+        eye = torch.eye(k, dtype=q.factor.dtype, device=q.factor.device)
+        capacitance = eye + q.factor.transpose(-1, -2) @ q.factor
+        chol = torch.linalg.cholesky(capacitance)
+        return _gaussian_entropy(q) + chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+    def covariance(self, q: QParams) -> torch.Tensor:
+        """The dense covariance (D, D); for tests and diagnostics, not the step."""
+        w = q.scale[:, None] * q.factor
+        return w @ w.T + torch.diag_embed(q.scale**2)
+
+    def param_specs(self, guide: AutoGuide, sites: Sequence[str]) -> list[tuple[str, object]]:
+        """``(attribute path, constraint or None)`` of each parameter, in theta order."""
+        return [("loc", None), ("scale", guide.scale_constraint), ("cov_factor", None)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Delta:
+    """``AutoDelta``: a point mass; theta holds each site's value in the space of
+    ``transform_to(support)``, and the ELBO is the log joint (no entropy, no Jacobian)."""
+
+    name: ClassVar[str] = "delta"
+    rank: ClassVar[int] = 0
+    jacobian: ClassVar[bool] = False
+
+    @classmethod
+    def from_guide(cls, guide: AutoGuide) -> Delta:
+        return cls()
+
+    def noise_dim(self, dim: int) -> int:
+        """Standard-normal draws per particle: none."""
+        return 0
+
+    def draw(self, q: QParams, eps: torch.Tensor) -> torch.Tensor:
+        """``loc`` repeated over the particles of ``eps`` (at least 1)."""
+        return q.loc.expand(max(eps.shape[0], 1), q.loc.shape[-1])
+
+    def entropy(self, q: QParams) -> torch.Tensor:
+        """0: the ELBO of a point mass is taken as the log joint."""
+        return q.loc.new_zeros(())
+
+    def covariance(self, q: QParams) -> torch.Tensor:
+        """Zeros (D, D)."""
+        dim = q.loc.shape[-1]
+        return q.loc.new_zeros(dim, dim)
+
+    def param_specs(self, guide: AutoGuide, sites: Sequence[str]) -> list[tuple[str, object]]:
+        """``(site, support)`` for each site, in theta order."""
+        nodes = guide.prototype_trace.nodes
+        return [(n, nodes[n]["fn"].support) for n in sites]
+
+    def constrained(self, pieces: Sequence[_Piece], theta: torch.Tensor) -> QParams:
+        """The point, mapped from each site's parameter space (``transform_to(support)``) to
+        the potential's unconstrained space (``biject_to(support)``), which differ for a few
+        supports (e.g. the simplex)."""
+        parts = [biject_to(p.constraint).inv(p.value(theta)).reshape(-1) for p in pieces]
+        return QParams(torch.cat(parts))
+
+
+# --------------------------------------------------------------------------- the records
+def _identity_finalize(
+    guide: AutoGuide, args: tuple, kwargs: Mapping
+) -> tuple[AutoGuide, dict[str, torch.Tensor]]:
+    return guide, {}
+
+
+def _laplace_finalize(
+    guide: AutoGuide, args: tuple, kwargs: Mapping
+) -> tuple[AutoGuide, dict[str, torch.Tensor]]:
+    """The Gaussian at the MAP with the inverse Hessian as covariance, and its parameters."""
+    gaussian = guide.laplace_approximation(*args, **kwargs)
+    extra = {
+        "laplace.loc": gaussian.loc.detach().clone(),
+        "laplace.scale_tril": (gaussian.scale[:, None] * gaussian.scale_tril).detach().clone(),
+    }
+    return gaussian, extra
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One guide family: what it builds and what the rest of pyrovi needs to know.
+
+    Attributes
+    ----------
+    name : str
+        The registry name, as the user writes it (``"lowrank"``; ``"lowrank:K"`` with a rank).
+    title : str
+        The family in words, for messages (``"low-rank"``).
+    autoguide : type
+        The Pyro ``AutoGuide`` class it builds.
+    init_scale : float or None
+        The ``init_scale`` passed to the autoguide (None: the class takes none).
+    takes_rank : bool
+        Whether the family is written ``name:K`` and ``K`` is passed as ``rank=``.
+    has_density : bool
+        Whether the fitted q (after :meth:`finalize`) has a density; False for a point mass,
+        whose ELBO is -inf and whose importance weights are undefined.
+    map_trained : bool
+        Whether training maximizes the log joint at a point (the trace holds log p(x, z) at
+        the MAP, not an ELBO).
+    math : type or None
+        The compiled path's math class (see :class:`FamilyMath`); None: the compiled path
+        does not take the family.
+    not_compiled : str
+        Why the compiled path does not take it (empty when it does).
+    finalizer : callable
+        ``(guide, args, kwargs) -> (guide, extra params)``, run once after training.
+    """
+
+    name: str
+    title: str
+    autoguide: type[AutoGuide]
+    init_scale: float | None = INIT_SCALE
+    takes_rank: bool = False
+    has_density: bool = True
+    map_trained: bool = False
+    math: type | None = None
+    not_compiled: str = ""
+    finalizer: Callable = _identity_finalize
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled fast path takes the family."""
+        return self.math is not None
+
+    def build(self, model: Callable, rank: int | None = None) -> AutoGuide:
+        """The family's autoguide for ``model`` (``rank``: for a family that takes one; None
+        leaves Pyro's default)."""
+        options: dict[str, object] = {}
+        if self.takes_rank:
+            options["rank"] = rank
+        if self.init_scale is not None:
+            options["init_scale"] = self.init_scale
+        return self.autoguide(model, **options)
+
+    def math_for(self, guide: AutoGuide) -> FamilyMath:
+        """The compiled path's math for this trained-or-initialized ``guide``.
+
+        Raises
+        ------
+        ValueError
+            For a family the compiled path does not take.
+        """
+        if self.math is None:
+            raise ValueError(f"family {self.name!r} has no flat parameterization")
+        return self.math.from_guide(guide)
+
+    def finalize(
+        self, guide: AutoGuide, args: tuple, kwargs: Mapping
+    ) -> tuple[AutoGuide, dict[str, torch.Tensor]]:
+        """The guide to report after training and the parameters it adds (``laplace``: the
+        Gaussian at the MAP; the others: ``guide`` itself and none)."""
+        return self.finalizer(guide, args, kwargs)
+
+    def display_name(self, rank: int | None = None) -> str:
+        """``name``, or ``name:K`` for a family that takes a rank and was given one."""
+        return f"{self.name}:{rank}" if self.takes_rank and rank is not None else self.name
+
+
+def _registry(*families: Family) -> Mapping[str, Family]:
+    names = [f.name for f in families]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate family names in {names}")
+    return types.MappingProxyType({f.name: f for f in families})
+
+
+#: Every family, by name, in the order of the documentation.
+REGISTRY: Mapping[str, Family] = _registry(
+    Family("meanfield", "mean-field", autoguide.AutoNormal, math=MeanField),
+    Family(
+        "lowrank", "low-rank", autoguide.AutoLowRankMultivariateNormal, takes_rank=True,
+        math=LowRank,
+    ),
+    Family("fullrank", "full-rank", autoguide.AutoMultivariateNormal, math=FullRank),
+    Family(
+        "delta", "point-mass (MAP)", autoguide.AutoDelta, init_scale=None, has_density=False,
+        map_trained=True, math=Delta,
+    ),
+    Family(
+        "laplace", "Laplace", autoguide.AutoLaplaceApproximation, init_scale=None,
+        map_trained=True, not_compiled="its Hessian step runs through Pyro",
+        finalizer=_laplace_finalize,
+    ),
+)  # fmt: skip
+
+#: The family names.
+FAMILIES: tuple[str, ...] = tuple(REGISTRY)
+
+#: The names of the families the compiled path takes.
+COMPILED: tuple[str, ...] = tuple(n for n, f in REGISTRY.items() if f.compiled)
+
+
+def lookup(name: str) -> Family | None:
+    """The family of a name as written by a user or reported in a result (case-insensitive;
+    ``"lowrank:3"`` is the ``lowrank`` family); None for any other name (an AutoGuide class
+    name, a guide function's name, ``"em"``)."""
+    base, colon, rank = name.strip().lower().partition(":")
+    family = REGISTRY.get(base)
+    if family is None or (colon and not (family.takes_rank and rank.isdigit())):
+        return None
+    return family
