@@ -76,14 +76,16 @@ def seeded_draws(seed: int | None, device: torch.device | None = None) -> Iterat
 
 @dataclasses.dataclass(frozen=True)
 class Draws:
-    """Posterior draws with their densities.
+    """Draws from a fit's q with its log density at each, as
+    :meth:`pyrovi._result.FitResult.posterior_draws` returns them.
 
     Attributes
     ----------
     values : dict of str to torch.Tensor
-        Latent site -> ``(n, *site_shape)`` in constrained space.
+        Latent site -> ``(n, *site_shape)`` in constrained space (the sites q covers).
     log_q : torch.Tensor
-        ``(n,)``: log density of the guide (or exact posterior) at each draw.
+        ``(n,)``: log density of q at each draw: the guide's (Jacobians of its
+        constraining transforms included) or, for EM, the exact log posterior.
     """
 
     values: dict

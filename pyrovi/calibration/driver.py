@@ -17,8 +17,8 @@ import torch
 from pyro.infer.autoguide import AutoGuide
 from tqdm.auto import tqdm
 
-from pyrovi._draws import site_shapes
 from pyrovi._model import inspect_model, model_name
+from pyrovi._plates import site_shapes
 from pyrovi._runtime import (
     check_positive,
     param_scope,
