@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pyrovi._draws import model_log_density
-from pyrovi._model import _is_user_sample
+from pyrovi._model import inspect_model
 from pyrovi._plates import (
     DRAW_PLATE,
     SiteShape,
@@ -50,9 +50,9 @@ def test_site_filters_tell_data_from_bookkeeping(trace):
     # factors enter log p(x, z) and deterministic records are recorded; subsample indices not
     assert traced == ["w", "penalty", "w_sum", "z", "x"]
     assert "data" in trace.nodes and not is_traced_sample(trace.nodes["data"])
-    # the same filter as the model inspection's (until _model.py imports it from here)
-    for site in trace.nodes.values():
-        assert is_user_sample(site) == _is_user_sample(site)
+    # the model inspection counts the same sites as latent or observed
+    info = inspect_model(every_kind_of_site, (torch.linspace(-1, 1, 6, dtype=F64),))
+    assert set(info.latent) | set(info.observed) == set(user)
 
 
 def test_site_shapes_split_batch_and_event_dims(trace):
