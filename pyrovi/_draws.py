@@ -1,98 +1,104 @@
 """Draws from a fit with their log densities: the shared machinery behind ``sample``,
-``predictive``, importance weights (diagnostics) and the ArviZ export.
+``predictive``, ``posterior_draws``, importance weights (diagnostics) and the ArviZ export.
 
 Every function takes and returns site values in their natural shape with a leading draw
-dimension, ``(n, *site_shape)``.  Internally a draw dimension is added as an outermost
-plate at ``dim = -(max_plate_nesting + 1)``, as Pyro's vectorized ELBOs do.
-
-Pyro's ``Predictive(parallel=True)`` is not used for the reshaping because it pads sample
-shapes without regard to event dimensions (a site ``Normal(...).to_event(1)`` of shape
-``(D,)`` outside every plate is mis-shaped as a batch of D).
+dimension, ``(n, *site_shape)``.  Vectorized evaluations add the draw plate of
+:mod:`pyrovi._plates` (outermost, at ``dim = -(max_plate_nesting + 1)``); the others run
+the model once per draw.  :func:`seeded_draws` is the one meaning of a result method's
+``seed`` argument.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 
+from pyrovi._plates import (
+    DRAW_PLATE,
+    SiteShape,
+    draw_plate,
+    is_traced_sample,
+    is_user_sample,
+    pad_draws,
+    per_draw_sum,
+    site_shapes,
+    unpad_draws,
+)
+from pyrovi._runtime import resolve_seed, seeded
+
 __all__ = [
+    "DRAW_PLATE",
     "SiteShape",
     "site_shapes",
     "Draws",
+    "seeded_draws",
     "guide_draws",
     "model_log_density",
+    "enumerated_log_joint",
+    "enumerated_log_weights",
+    "model_draws",
     "predictive_draws",
 ]
 
-DRAW_PLATE = "_pyrovi_draws"
 
+@contextlib.contextmanager
+def seeded_draws(seed: int | None, device: torch.device | None = None) -> Iterator[None]:
+    """The random state of a result's draws: what ``seed`` means in ``sample``,
+    ``posterior_draws``, ``draws`` and ``predictive`` of every pyrovi result.
 
-@dataclasses.dataclass(frozen=True)
-class SiteShape:
-    """A sample site's value shape and how many of its leading dims are batch dims."""
+    Parameters
+    ----------
+    seed : int or None
+        An int: torch's random state is forked and seeded with it for the block, so the
+        same seed gives the same draws and the caller's random state (CPU, and the CUDA
+        device of ``device``) is exactly as before afterwards.  None: the draws come from
+        torch's global random state as it stands, as ``torch.randn`` does; they follow
+        ``torch.manual_seed`` and advance the caller's state.
+    device : torch.device, optional
+        The result's device (its CUDA generator is forked too).
 
-    shape: tuple
-    batch_ndim: int
-
-    @property
-    def batch_shape(self) -> tuple:
-        return self.shape[: self.batch_ndim]
-
-    @property
-    def event_shape(self) -> tuple:
-        return self.shape[self.batch_ndim :]
-
-
-def site_shapes(trace: poutine.Trace) -> dict[str, SiteShape]:
-    """Shapes of every sample site of a single-draw trace."""
-    out = {}
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or type(site["fn"]).__name__ == "_Subsample":
-            continue
-        value = site["value"]
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
-        event = len(site["fn"].event_shape)
-        out[name] = SiteShape(shape, len(shape) - event)
-    return out
-
-
-def _deterministic(site: dict) -> bool:
-    return bool(site["infer"].get("_deterministic", False))
-
-
-def _to_plate_shape(value: torch.Tensor, shape: SiteShape, nesting: int) -> torch.Tensor:
-    """(n, *shape) -> (n, 1, ..., 1, *shape) with the draw dim at -(nesting + 1) of batch."""
-    pad = (1,) * (nesting - shape.batch_ndim)
-    return value.reshape((value.shape[0],) + pad + shape.shape)
-
-
-def _per_draw_sum(log_prob: torch.Tensor, n: int, nesting: int) -> torch.Tensor:
-    """Sum a log-probability with the draw dim at -(nesting + 1) to shape (n,)."""
-    if log_prob.dim() < nesting + 1:
-        return log_prob.sum().expand(n)
-    lp = log_prob.reshape(log_prob.shape[: log_prob.dim() - nesting] + (-1,)).sum(-1)
-    return lp.reshape(-1).expand(n) if lp.numel() == 1 else lp.reshape(n)
+    Raises
+    ------
+    TypeError
+        When ``seed`` is neither an int nor None.
+    """
+    if seed is None:
+        yield
+        return
+    with seeded(resolve_seed(seed), device):
+        yield
 
 
 @dataclasses.dataclass(frozen=True)
 class Draws:
-    """Posterior draws with their densities.
+    """Draws from a fit's q with its log density at each, as
+    :meth:`pyrovi._result.FitResult.posterior_draws` returns them.
 
     Attributes
     ----------
     values : dict of str to torch.Tensor
-        Latent site -> ``(n, *site_shape)`` in constrained space.
+        Latent site -> ``(n, *site_shape)`` in constrained space (the sites q covers).
     log_q : torch.Tensor
-        ``(n,)``: log density of the guide (or exact posterior) at each draw.
+        ``(n,)``: log density of q at each draw: the guide's (Jacobians of its
+        constraining transforms included) or, for EM, the exact log posterior.
     """
 
     values: dict
     log_q: torch.Tensor
+
+
+def _guide_log_q(trace: poutine.Trace) -> torch.Tensor:
+    """log q of one unbatched guide trace (auxiliary sites and Jacobians included)."""
+    return sum(
+        site["fn"].log_prob(site["value"]).sum()
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and not site["is_observed"]
+    )
 
 
 def guide_draws(
@@ -114,7 +120,7 @@ def guide_draws(
     """
     if vectorized:
         with torch.no_grad():
-            with pyro.plate(DRAW_PLATE, n, dim=-(nesting + 1)):
+            with draw_plate(n, nesting):
                 trace = poutine.trace(guide).get_trace(*args, **kwargs)
             trace.compute_log_prob()
         log_q = torch.zeros(n)
@@ -122,7 +128,7 @@ def guide_draws(
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site["is_observed"]:
                 continue
-            log_q = log_q + _per_draw_sum(site["log_prob"], n, nesting)
+            log_q = log_q + per_draw_sum(site["log_prob"], n, nesting)
             if name in sites:
                 values[name] = site["value"].reshape((n,) + shapes[name].shape)
         return Draws(values, log_q)
@@ -131,18 +137,17 @@ def guide_draws(
     with torch.no_grad():
         for _ in range(n):
             trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            log_qs.append(
-                sum(
-                    site["fn"].log_prob(site["value"]).sum()
-                    for site in trace.nodes.values()
-                    if site["type"] == "sample" and not site["is_observed"]
-                )
-            )
+            log_qs.append(_guide_log_q(trace))
             for k in sites:
                 if k in trace.nodes:
                     rows[k].append(trace.nodes[k]["value"])
     values = {k: torch.stack(v) for k, v in rows.items() if v}
     return Draws(values, torch.stack([torch.as_tensor(x) for x in log_qs]))
+
+
+def _is_datum(site: dict, values: Mapping) -> bool:
+    """An observed site of the model proper that was not conditioned on by ``values``."""
+    return site["is_observed"] and is_user_sample(site) and site["name"] not in values
 
 
 def model_log_density(
@@ -157,18 +162,22 @@ def model_log_density(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """log p(x, z) at each draw and the pointwise log-likelihood of every observed site.
 
+    Wrap in :func:`pyrovi._plates.vectorize_else_loop` to fall back to a loop for models
+    that do not broadcast over draws.
+
     Returns
     -------
     log_joint : torch.Tensor
-        ``(n,)``, totals with all constants.
+        ``(n,)``, totals with all constants (``pyro.factor`` terms included).
     log_lik : dict of str to torch.Tensor
-        Observed site -> ``(n, *batch_shape)``: one term per observation.
+        Observed data site -> ``(n, *batch_shape)``: one term per observation
+        (``pyro.factor`` and ``pyro.deterministic`` sites are not data and are left out).
     """
     n = next(iter(values.values())).shape[0]
     if vectorized:
-        data = {k: _to_plate_shape(v, shapes[k], nesting) for k, v in values.items()}
+        data = {k: pad_draws(v, shapes[k], nesting) for k, v in values.items()}
         with torch.no_grad():
-            with pyro.plate(DRAW_PLATE, n, dim=-(nesting + 1)):
+            with draw_plate(n, nesting):
                 trace = poutine.trace(poutine.condition(model, data=data)).get_trace(
                     *args, **kwargs
                 )
@@ -176,11 +185,11 @@ def model_log_density(
         log_joint = torch.zeros(n)
         log_lik = {}
         for name, site in trace.nodes.items():
-            if site["type"] != "sample" or type(site["fn"]).__name__ == "_Subsample":
+            if not is_traced_sample(site):
                 continue
             lp = site["log_prob"]
-            log_joint = log_joint + _per_draw_sum(lp, n, nesting)
-            if site["is_observed"] and name not in values and not _deterministic(site):
+            log_joint = log_joint + per_draw_sum(lp, n, nesting)
+            if _is_datum(site, values):
                 shape = shapes[name]
                 full = (n,) + (1,) * (nesting - shape.batch_ndim) + shape.batch_shape
                 log_lik[name] = torch.broadcast_to(lp, full).reshape((n,) + shape.batch_shape)
@@ -194,15 +203,43 @@ def model_log_density(
             trace.compute_log_prob()
             total = 0.0
             for name, site in trace.nodes.items():
-                if site["type"] != "sample" or type(site["fn"]).__name__ == "_Subsample":
+                if not is_traced_sample(site):
                     continue
                 total = total + site["log_prob"].sum()
-                if site["is_observed"] and name not in values and not _deterministic(site):
+                if _is_datum(site, values):
                     liks.setdefault(name, []).append(
                         torch.broadcast_to(site["log_prob"], shapes[name].batch_shape)
                     )
             joints.append(torch.as_tensor(total))
     return torch.stack(joints), {k: torch.stack(v) for k, v in liks.items()}
+
+
+def _no_guide(*args, **kwargs) -> None:
+    return None
+
+
+def enumerated_log_joint(
+    model: Callable,
+    args: tuple,
+    kwargs: Mapping,
+    values: Mapping[str, torch.Tensor],
+    *,
+    nesting: int,
+) -> torch.Tensor:
+    r""":math:`\log p(x, z_c) = \log \sum_{z_d} p(x, z_c, z_d)` at each draw of the
+    continuous latents ``values``, the model's finite discrete latents not in ``values``
+    summed out exactly (``TraceEnum_ELBO`` with an empty guide on the model conditioned on
+    one draw; one draw at a time).  Shape ``(n,)``."""
+    elbo = TraceEnum_ELBO(max_plate_nesting=nesting)
+    enum_model = config_enumerate(model, default="parallel")
+    n = next(iter(values.values())).shape[0]
+    out = []
+    with torch.no_grad():
+        for i in range(n):
+            conditioned = poutine.condition(enum_model, data={k: v[i] for k, v in values.items()})
+            out.append(-float(elbo.loss(conditioned, _no_guide, *args, **kwargs)))
+    dtype = next(iter(values.values())).dtype
+    return torch.tensor(out, dtype=dtype if dtype.is_floating_point else None)
 
 
 def enumerated_log_weights(
@@ -224,16 +261,41 @@ def enumerated_log_weights(
             trace = poutine.trace(guide).get_trace(*args, **kwargs)
             replayed = poutine.replay(guide, trace=trace)
             weights.append(-float(elbo.loss(enum_model, replayed, *args, **kwargs)))
-            log_qs.append(
-                float(
-                    sum(
-                        site["fn"].log_prob(site["value"]).sum()
-                        for site in trace.nodes.values()
-                        if site["type"] == "sample" and not site["is_observed"]
-                    )
-                )
-            )
+            log_qs.append(float(_guide_log_q(trace)))
     return torch.tensor(weights), torch.tensor(log_qs)
+
+
+def model_draws(
+    model: Callable,
+    args: tuple,
+    kwargs: Mapping,
+    values: Mapping[str, torch.Tensor],
+    *,
+    n: int,
+    shapes: Mapping[str, SiteShape],
+    nesting: int,
+    vectorized: bool,
+) -> dict[str, torch.Tensor]:
+    """Run ``model`` ``n`` times, conditioned on draw ``i`` of ``values`` in run ``i``
+    (``values`` may be empty: prior draws); return every site of ``shapes`` as
+    ``(n, *site_shape)``.
+
+    Vectorized: one run under the draw plate; else one run per draw.  Wrap in
+    :func:`pyrovi._plates.vectorize_else_loop` for the fallback.
+    """
+    if vectorized:
+        data = {k: pad_draws(v, shapes[k], nesting) for k, v in values.items()}
+        with torch.no_grad(), draw_plate(n, nesting):
+            trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+        return {k: unpad_draws(trace.nodes[k]["value"], shapes[k], nesting, n) for k in shapes}
+    rows: dict[str, list] = {k: [] for k in shapes}
+    with torch.no_grad():
+        for i in range(n):
+            data = {k: v[i] for k, v in values.items()}
+            trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+            for k in shapes:
+                rows[k].append(trace.nodes[k]["value"])
+    return {k: torch.stack(v) for k, v in rows.items()}
 
 
 def predictive_draws(
@@ -251,24 +313,7 @@ def predictive_draws(
     first = {k: v[0] for k, v in values.items()}
     with torch.no_grad():
         proto = poutine.trace(poutine.condition(model, data=first)).get_trace(*args, **kwargs)
-    shapes = site_shapes(proto)
-    unobserved = {k: site for k, site in proto.nodes.items() if k in shapes}
-    model = poutine.uncondition(model)
-    if vectorized:
-        data = {k: _to_plate_shape(v, shapes[k], nesting) for k, v in values.items()}
-        with torch.no_grad(), pyro.plate(DRAW_PLATE, n, dim=-(nesting + 1)):
-            trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
-        return {
-            k: trace.nodes[k]["value"].expand(
-                (n,) + (1,) * (nesting - shapes[k].batch_ndim) + shapes[k].shape
-            ).reshape((n,) + shapes[k].shape)
-            for k in unobserved
-        }
-    rows: dict[str, list] = {k: [] for k in unobserved}
-    with torch.no_grad():
-        for i in range(n):
-            data = {k: v[i] for k, v in values.items()}
-            trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
-            for k in unobserved:
-                rows[k].append(trace.nodes[k]["value"])
-    return {k: torch.stack(v) for k, v in rows.items()}
+    return model_draws(
+        poutine.uncondition(model), args, kwargs, values, n=n, shapes=site_shapes(proto),
+        nesting=nesting, vectorized=vectorized,
+    )

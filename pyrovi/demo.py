@@ -167,7 +167,7 @@ def _verdict(name: str, results: dict, table) -> str:
     """Plain words: which family is good enough, and what the others miss."""
     rows = [r for r in table.rows if r["gap"] == r["gap"]]
     words = [f"{r['name']} gap {r['gap']:.2f} ± {r['gap_se']:.2f} nats" for r in rows]
-    vi = {k: r for k, r in results.items() if hasattr(r, "guide")}
+    vi = {k: r for k, r in results.items() if r.kind == "vi"}
     if "meanfield" in vi and "fullrank" in vi:
         mf = vi["meanfield"].sample(2000, seed=0)
         fr = vi["fullrank"].sample(2000, seed=0)
@@ -194,7 +194,7 @@ def _run_case(case: DemoCase, out: str, *, quick: bool, seed: int, device) -> li
     diags = {}
     for label, result in results.items():
         particles = 500 if quick else 2000
-        if getattr(result, "enumerated_sites", ()):
+        if result.kind == "vi" and result.enumerated_sites:
             particles //= 4  # weighted one draw at a time
         diags[label] = pyrovi.diagnose(
             result, num_particles=particles, seed=seed,

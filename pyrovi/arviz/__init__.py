@@ -5,6 +5,7 @@
 only when an export is made.
 """
 
+from pyrovi.arviz.adapters import ADAPTERS, ResultAdapter, adapter_for
 from pyrovi.arviz.attrs import JSON_PREFIX, decode_attrs, encode_attrs
 from pyrovi.arviz.converter import ResultConverter, to_arviz
 from pyrovi.arviz.io import load_netcdf, save_netcdf
@@ -12,4 +13,5 @@ from pyrovi.arviz.io import load_netcdf, save_netcdf
 __all__ = [
     "to_arviz",
     "save_netcdf",
-    "load_netcdf", "decode_attrs", "encode_attrs", "JSON_PREFIX", "ResultConverter"]
+    "load_netcdf", "decode_attrs", "encode_attrs", "JSON_PREFIX", "ResultConverter",
+    "ResultAdapter", "ADAPTERS", "adapter_for"]

@@ -1,10 +1,13 @@
 """``to_arviz``: a pyrovi result as an ArviZ ``InferenceData``.
 
-One converter per result, one ``*_to_xarray`` method per group, each returning ``None``
-when the group is absent (the layout of ArviZ's own converters, ``arviz/data/io_pyro.py``).
-The datasets are built with ArviZ's ``dict_to_dataset`` and wrapped in its
-``InferenceData``; pyrovi supplies only what ArviZ cannot know: the draws and their
-densities (:mod:`pyrovi.arviz.draws`), dimension names from the model's plates
+One converter for every kind of result, one ``*_to_xarray`` method per group, each
+returning ``None`` when the group is absent (the layout of ArviZ's own converters,
+``arviz_base/io_numpyro.py``).  What differs between kinds of result (where the posterior
+draws and their densities come from, the trace group) is the business of an adapter
+(:mod:`pyrovi.arviz.adapters`), chosen by ``result.kind``.  The datasets are built with
+ArviZ's ``dict_to_dataset`` and wrapped in its ``InferenceData``; pyrovi supplies only what
+ArviZ cannot know: the draws and their densities (:mod:`pyrovi.arviz.adapters`,
+:mod:`pyrovi.arviz.draws`), dimension names from the model's plates
 (:mod:`pyrovi.arviz.dims`) and netCDF-safe attributes (:mod:`pyrovi.arviz.attrs`).
 """
 
@@ -19,11 +22,13 @@ import numpy as np
 import pyro
 import torch
 
-from pyrovi._draws import site_shapes
 from pyrovi._model import inspect_model, model_name
+from pyrovi._plates import site_shapes
+from pyrovi._result import FitResult
 from pyrovi._runtime import check_positive, resolve_seed
 from pyrovi._version import __version__
 from pyrovi.arviz import draws as export_draws
+from pyrovi.arviz.adapters import adapter_for
 from pyrovi.arviz.attrs import encode_attrs
 from pyrovi.arviz.backend import make_container, make_dataset
 from pyrovi.arviz.dims import default_dims, resolve_layout, site_dims
@@ -66,7 +71,8 @@ def _scalar_fields(obj: Any, name: str) -> dict[str, Any]:
 
 
 class ResultConverter:
-    """Turn a ``VIResult`` or ``EMResult`` into ArviZ groups.
+    """Turn any :class:`~pyrovi._result.FitResult` into ArviZ groups, through the adapter
+    of its kind (:func:`pyrovi.arviz.adapters.adapter_for`).
 
     Parameters are those of :func:`to_arviz`; the draws are taken once, when the
     converter is built, so that every group describes the same draws.
@@ -74,7 +80,7 @@ class ResultConverter:
 
     def __init__(
         self,
-        result,
+        result: FitResult,
         num_samples: int,
         *,
         posterior_predictive: bool,
@@ -99,13 +105,8 @@ class ResultConverter:
                     f"{arg} must be a dict (coords: dimension -> values, dims: variable -> "
                     f"list of dimension names) or None, got {type(value).__name__}"
                 )
-        if not hasattr(result, "model") or not hasattr(result, "scope"):
-            raise TypeError(
-                "to_arviz expects a pyrovi VIResult or EMResult (from pyrovi.VI(...).run or "
-                f"pyrovi.EM(...).run), got {type(result).__name__}"
-            )
+        self.adapter = adapter_for(result)  # refuses anything but a pyrovi result
         self.result = result
-        self.em = export_draws.is_em(result)
         self.num_samples = num_samples
         self.seed = result.seed if seed is None else resolve_seed(seed)
         self.diagnostics = None
@@ -113,7 +114,7 @@ class ResultConverter:
             self.diagnostics = _scalar_fields(diagnostics, "diagnostics")
         with result.scope(), torch.no_grad():
             self.info = inspect_model(result.model, result.args, result.kwargs)
-        self.shapes = dict(getattr(result, "site_shapes", None) or site_shapes(self.info.trace))
+        self.shapes = site_shapes(self.info.trace)
         self.latent = tuple(result.latent_sites)
         self.observed = self.info.observed
         if log_likelihood and not self.observed:
@@ -128,13 +129,18 @@ class ResultConverter:
         self.constants = self._constant_arguments()
 
         n, s = num_samples, self.seed
-        self.draws = export_draws.posterior_draws(result, n, s, self.shapes)
+        vectorize = self.adapter.vectorize
+        self.draws = self.adapter.posterior(n, s, self.shapes)
         self.predictive = (
-            export_draws.posterior_predictive(result, self.draws.values, s + 1, self.observed)
+            export_draws.posterior_predictive(
+                result, self.draws.values, s + 1, self.observed, vectorize
+            )
             if self.want_predictive
             else None
         )
-        self.prior = export_draws.prior_draws(result, n, s + 2, self.shapes) if prior else None
+        self.prior = (
+            export_draws.prior_draws(result, n, s + 2, self.shapes, vectorize) if prior else None
+        )
         self.layout = resolve_layout(self._shapes_of_vars(), self._default_dims(), dims, coords)
 
     # ------------------------------------------------------------------ layout
@@ -187,14 +193,9 @@ class ResultConverter:
     # ------------------------------------------------------------------ attributes
     def attrs(self) -> dict[str, Any]:
         """Attributes shared by every group (encoded for netCDF)."""
-        r = self.result
         attrs = {
-            "inference_method": "expectation_maximization" if self.em else "variational",
-            "guide_family": r.family,
-            "num_steps": int(r.n_iter if self.em else r.num_steps),
-            "seed": int(r.seed),
-            "converged": bool(r.converged),
-            "model": model_name(r.model),
+            **self.adapter.attrs(),
+            "model": model_name(self.result.model),
             "num_samples": int(self.num_samples),
             "export_seed": int(self.seed),
             "pyrovi_version": __version__,
@@ -275,33 +276,9 @@ class ResultConverter:
         """The optimization trace: ``vi_trace`` (ELBO per step, dim ``step``) or ``em_trace``
         (log evidence per iteration, dim ``iteration``), with the final estimates and any
         diagnostics as attributes."""
-        r = self.result
-        if self.em:
-            var, dim = "log_evidence", "iteration"
-            values = np.asarray(r.log_evidence_trace, dtype=float)
-            extra = {
-                "log_evidence": float(r.log_evidence),
-                "n_iter": int(r.n_iter),
-                "best_init": int(getattr(r, "best_init", 0)),
-                "m_step": getattr(r, "m_step", None),
-                "n_obs": int(getattr(r, "n_obs", 0)),
-                "log_evidence_inits": list(getattr(r, "log_evidence_inits", ())),
-                "wall_time": float(r.wall_time),
-            }
-        else:
-            var, dim = "elbo", "step"
-            values = np.asarray(r.elbo_trace, dtype=float)
-            extra = {
-                "elbo": float(r.elbo),
-                "elbo_se": float(r.elbo_se),
-                "elbo_particles": int(r.elbo_particles),
-                "num_particles": int(r.num_particles),
-                "vectorized": bool(r.vectorized),
-                "backend": r.backend,
-                "enumerated_sites": list(r.enumerated_sites),
-                "notes": list(r.notes),
-                "wall_time": float(r.wall_time),
-            }
+        a = self.adapter
+        var, dim, values = a.trace_var, a.trace_dim, a.trace()
+        extra = a.trace_attrs()
         if self.diagnostics is not None:
             extra.update({f"diagnostics_{k}": v for k, v in self.diagnostics.items()})
         layout = ({var: [dim]}, {dim: np.arange(len(values))})
@@ -312,7 +289,7 @@ class ResultConverter:
     @property
     def trace_group(self) -> str:
         """``"em_trace"`` or ``"vi_trace"``."""
-        return "em_trace" if self.em else "vi_trace"
+        return self.adapter.trace_group
 
     def to_inference_data(self):
         """All groups, those that are ``None`` left out, as an ``arviz.InferenceData``
@@ -332,7 +309,7 @@ class ResultConverter:
 
 
 def to_arviz(
-    result,
+    result: FitResult,
     num_samples: int = 1000,
     *,
     posterior_predictive: bool = True,

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pyrovi._draws import SiteShape
+from pyrovi._plates import SiteShape
 from pyrovi.errors import PyroviError
 
 __all__ = ["site_dims", "default_dims", "Layout", "resolve_layout"]

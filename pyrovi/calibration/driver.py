@@ -17,8 +17,8 @@ import torch
 from pyro.infer.autoguide import AutoGuide
 from tqdm.auto import tqdm
 
-from pyrovi._draws import site_shapes
 from pyrovi._model import inspect_model, model_name
+from pyrovi._plates import site_shapes
 from pyrovi._runtime import (
     check_positive,
     param_scope,
@@ -281,7 +281,7 @@ def calibrate(
             if hasattr(err, "add_note"):
                 err.add_note(f"(raised while fitting simulation {j} of pyrovi.calibrate)")
             raise
-        converged[j] = bool(getattr(fit, "converged", True))
+        converged[j] = bool(fit.converged)
         draws = fit.sample(num_draws, seed=draw_seed)
         for s in info.latent:
             true_value = sim.nodes[s]["value"].detach().cpu().numpy()

@@ -8,6 +8,7 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 
+from pyrovi._result import FitResult
 from pyrovi.diagnostics.diagnose import Diagnostics, diagnose
 
 __all__ = ["ComparisonTable", "compare", "COLUMNS"]
@@ -103,10 +104,7 @@ class ComparisonTable:
         return pd.DataFrame([dict(r) for r in self.rows], columns=list(COLUMNS)).set_index("name")
 
 
-def _row(name: str, result, diag: Diagnostics) -> dict:
-    steps = getattr(result, "num_steps", None)
-    if steps is None:
-        steps = getattr(result, "n_iter", 0)
+def _row(name: str, result: FitResult, diag: Diagnostics) -> dict:
     return {
         "name": name,
         "family": diag.family,
@@ -119,8 +117,8 @@ def _row(name: str, result, diag: Diagnostics) -> dict:
         "gap_se": diag.gap_se,
         "khat": diag.khat,
         "ess": diag.ess,
-        "num_steps": int(steps),
-        "wall_time": float(getattr(result, "wall_time", math.nan)),
+        "num_steps": int(result.num_iterations),
+        "wall_time": float(result.wall_time),
     }
 
 
@@ -153,7 +151,7 @@ def compare(
     elif isinstance(results, Sequence) and not isinstance(results, str):
         items, seen = [], {}
         for r in results:
-            name = str(getattr(r, "family", type(r).__name__))
+            name = str(r.family) if isinstance(r, FitResult) else type(r).__name__
             seen[name] = seen.get(name, 0) + 1
             items.append((name if seen[name] == 1 else f"{name}#{seen[name]}", r))
     else:

@@ -13,14 +13,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from pyro.infer.autoguide import AutoDelta
-
+from pyrovi._result import FitResult
 from pyrovi.diagnostics.bounds import Bound, gap_from_weights, iwae_bounds, log_mean_exp, mean_se
 from pyrovi.diagnostics.bounds import ess as _ess
 from pyrovi.diagnostics.evidence import (
     Estimate,
     IntractableError,
-    _is_result,
     exact_log_evidence,
     log_evidence,
 )
@@ -138,7 +136,7 @@ def _check_evidence(evidence):
 
 
 def diagnose(
-    result,
+    result: FitResult,
     *,
     num_particles: int = 10_000,
     seed: int | None = None,
@@ -176,12 +174,12 @@ def diagnose(
         ``evidence``; ``IntractableError`` for ``evidence="exact"`` on a model without an
         exact form; ``ModelError`` naming the site that produced non-finite weights.
     """
-    if not _is_result(result):
+    if not isinstance(result, FitResult):
         raise TypeError(
             f"diagnose expects a pyrovi.VIResult or EMResult, got {type(result).__name__}"
         )
-    check_result(result)
-    if isinstance(getattr(result, "guide", None), AutoDelta):
+    info = check_result(result)
+    if not result.has_density:
         raise ValueError(
             f"diagnose needs a guide with a density; the {result.family!r} fit is a point "
             "mass (AutoDelta), whose ELBO is -inf and whose importance weights are "
@@ -189,20 +187,17 @@ def diagnose(
         )
     _check_particles(num_particles)
     _check_evidence(evidence)
-    is_em = hasattr(result, "log_posterior")
     weights = result_log_weights(result, num_particles, seed=seed, chunk_size=chunk_size)
     log_w = weights.log_w
     elbo, elbo_se = mean_se(log_w)
     estimate = None
     if isinstance(evidence, Estimate):
         estimate = evidence
-    elif is_em and evidence in ("auto", "exact"):
-        estimate = Estimate(float(result.log_evidence), 0.0, "exact", 0, {"how": "em"})
+    elif result.exact_posterior and evidence in ("auto", "exact"):
+        # q is the exact posterior: its ELBO is the log evidence
+        estimate = Estimate(float(result.elbo), 0.0, "exact", 0, {"how": "em"})
     elif evidence in ("auto", "exact"):
-        dim = sum(
-            math.prod(result.site_shapes[k].shape) if k in getattr(result, "site_shapes", {})
-            else 1 for k in result.latent_sites
-        )
+        dim = sum(info.trace.nodes[k]["value"].numel() for k in result.latent_sites)
         if evidence == "exact" or dim <= AUTO_EXACT_MAX_DIM:
             with result.scope():
                 try:
@@ -221,7 +216,7 @@ def diagnose(
         gap_se = math.sqrt(elbo_se**2 + estimate.se**2)
     psis = psis_diagnostic(log_w)
     return Diagnostics(
-        family=str(getattr(result, "family", type(result).__name__)),
+        family=str(result.family),
         elbo=elbo,
         elbo_se=elbo_se,
         log_evidence=estimate.value,

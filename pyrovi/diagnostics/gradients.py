@@ -11,6 +11,8 @@ from __future__ import annotations
 import pyro.poutine as poutine
 import torch
 
+from pyrovi._result import FitResult
+
 __all__ = ["gradient_estimators", "REPARAM", "SCORE", "ENUM", "EXACT"]
 
 REPARAM = "reparameterized"
@@ -19,12 +21,16 @@ ENUM = "enumerated (exact sum)"
 EXACT = "none (exact posterior, no gradients)"
 
 
-def gradient_estimators(result) -> dict[str, str]:
-    """Latent site -> the gradient estimator used for it in ``result``'s fit."""
+def gradient_estimators(result: FitResult) -> dict[str, str]:
+    """Latent site -> the gradient estimator used for it in ``result``'s fit.
+
+    A fit whose q is the exact posterior (EM) used no gradient estimator; a VI fit is
+    read from one trace of its guide.
+    """
     sites = tuple(result.latent_sites)
-    if not hasattr(result, "guide"):  # EM: exact E-step
+    if result.exact_posterior:  # EM: exact E-step
         return {k: EXACT for k in sites}
-    enumerated = set(getattr(result, "enumerated_sites", ()))
+    enumerated = set(result.enumerated_sites)
     with result.scope(), torch.no_grad():
         trace = poutine.trace(result.guide).get_trace(*result.args, **result.kwargs)
     out = {}

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from pyrovi._result import FitResult
+
 __all__ = ["plot_elbo", "plot_gap"]
 
 
@@ -25,23 +27,30 @@ def _style():
         return contextlib.nullcontext()
 
 
-def _named(results) -> list[tuple[str, object]]:
-    if isinstance(results, Mapping):
-        return [(str(k), v) for k, v in results.items()]
-    if isinstance(results, Sequence) and not isinstance(results, str):
-        return [(str(getattr(r, "family", i)), r) for i, r in enumerate(results)]
-    return [(str(getattr(results, "family", "fit")), results)]
+def _named(results) -> list[tuple[str, FitResult]]:
+    if isinstance(results, FitResult):
+        named = [(str(results.family), results)]
+    elif isinstance(results, Mapping):
+        named = [(str(k), v) for k, v in results.items()]
+    elif isinstance(results, Sequence) and not isinstance(results, str):
+        named = [
+            (str(r.family) if isinstance(r, FitResult) else str(i), r)
+            for i, r in enumerate(results)
+        ]
+    else:
+        named = [("fit", results)]
+    for name, r in named:
+        if not isinstance(r, FitResult):
+            raise TypeError(
+                f"plot_elbo expects pyrovi results (VIResult or EMResult), but {name!r} is a "
+                f"{type(r).__name__}; pass a result, a list of results or a dict of name -> "
+                "result"
+            )
+    return named
 
 
-def _trace(result) -> np.ndarray:
-    for field in ("elbo_trace", "log_evidence_trace"):
-        value = getattr(result, field, None)
-        if value is not None:
-            return np.asarray(value, dtype=float)
-    raise TypeError(
-        f"{type(result).__name__} has no elbo_trace or log_evidence_trace; expected a "
-        "pyrovi.VIResult or EMResult"
-    )
+def _trace(result: FitResult) -> np.ndarray:
+    return np.asarray(result.objective_trace, dtype=float)
 
 
 def _running_mean(x: np.ndarray, window: int) -> np.ndarray:
@@ -67,7 +76,8 @@ def plot_elbo(results, log_evidence=None, ax=None):
     Parameters
     ----------
     results : result, sequence of results, or mapping of name to result
-        ``VIResult`` (its ``elbo_trace``) or ``EMResult`` (its ``log_evidence_trace``).
+        Any pyrovi result; its ``objective_trace`` is drawn (a ``VIResult``'s
+        ``elbo_trace``, an ``EMResult``'s ``log_evidence_trace``).
     log_evidence : float or Estimate, optional
         The reference :math:`\\log p(x)` (e.g. ``pyrovi.log_evidence(...)``); drawn as a
         horizontal line with its standard-error band, and the gap to the last ELBO window
@@ -78,6 +88,11 @@ def plot_elbo(results, log_evidence=None, ax=None):
     -------
     matplotlib.axes.Axes
         One line per fit, plus one for the log evidence when given.
+
+    Raises
+    ------
+    TypeError
+        When an entry of ``results`` is not a pyrovi result.
     """
     import matplotlib.pyplot as plt
 
@@ -91,7 +106,7 @@ def plot_elbo(results, log_evidence=None, ax=None):
             steps = np.arange(1, trace.size + 1)
             # a single-particle ELBO is noisy: draw its running mean over 1/50 of the fit
             smooth = _running_mean(trace, max(1, trace.size // 50))
-            map_trained = getattr(result, "family", "") in ("delta", "laplace")
+            map_trained = result.map_trained
             label = (f"{name}: log p(x, z) at the MAP (its training objective)"
                      if map_trained else f"{name} ELBO")
             (line,) = ax.plot(steps, smooth, lw=1.2, alpha=0.9, label=label)
@@ -101,7 +116,7 @@ def plot_elbo(results, log_evidence=None, ax=None):
             if log_evidence is not None and trace.size and not map_trained:
                 value = float(getattr(log_evidence, "value", log_evidence))
                 window = max(1, trace.size // 10)
-                final = float(getattr(result, "elbo", math.nan))
+                final = float(result.elbo)
                 if not math.isfinite(final):
                     final = float(np.nanmean(trace[-window:]))
                 ax.fill_between(

@@ -16,8 +16,10 @@ from collections.abc import Callable, Mapping
 import pyro.poutine as poutine
 import torch
 
-from pyrovi._draws import enumerated_log_weights, guide_draws, model_log_density, site_shapes
-from pyrovi._model import inspect_model, model_name
+from pyrovi._draws import enumerated_log_weights, guide_draws, model_log_density
+from pyrovi._model import ModelInfo, inspect_model, model_name
+from pyrovi._plates import is_traced_sample, site_shapes
+from pyrovi._result import FitResult
 from pyrovi._runtime import check_positive, resolve_seed, seeded
 from pyrovi.errors import ModelError
 
@@ -44,7 +46,9 @@ class LogWeights:
     num_particles : int
         ``S``.
     vectorized : bool
-        Whether the particles were drawn in vectorized chunks (False: one at a time).
+        Whether the particles were drawn in vectorized chunks (False: one at a time).  For
+        a fit result (:func:`result_log_weights`) True: the chunks are asked of the
+        result's own methods, which vectorize within a chunk where its model allows.
     """
 
     log_w: torch.Tensor
@@ -74,21 +78,22 @@ def _check_particles(num_particles) -> int:
     return num_particles
 
 
-def _nonfinite_site(model, guide, args, kwargs, values: Mapping[str, torch.Tensor]) -> str:
-    """Name the model or guide site whose log density is not finite at one draw."""
+def _nonfinite_site(model, q_name: str, args, kwargs, values: Mapping[str, torch.Tensor]) -> str:
+    """Name the model site whose log density is not finite at one draw, else the proposal
+    ``q_name``."""
     data = {k: v for k, v in values.items()}
     with torch.no_grad():
         trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
     for name, site in trace.nodes.items():
-        if site["type"] != "sample" or type(site["fn"]).__name__ == "_Subsample":
+        if not is_traced_sample(site):
             continue
         if not bool(torch.isfinite(site["fn"].log_prob(site["value"])).all()):
             kind = "observed" if site["is_observed"] else "latent"
             return f"model {kind} site {name!r}"
-    return f"guide {model_name(guide)!r} (its log density at the draw)"
+    return f"{q_name} (its log density at the draw)"
 
 
-def _finish(model, guide, args, kwargs, log_p, log_q, vectorized, draw_at) -> LogWeights:
+def _finish(model, q_name, args, kwargs, log_p, log_q, vectorized, draw_at) -> LogWeights:
     log_p = torch.cat(log_p).to(torch.float64)
     log_q = torch.cat(log_q).to(torch.float64)
     log_w = log_p - log_q
@@ -97,7 +102,7 @@ def _finish(model, guide, args, kwargs, log_p, log_q, vectorized, draw_at) -> Lo
         i = int(bad.nonzero()[0])
         where = "unknown site"
         if draw_at is not None:
-            where = _nonfinite_site(model, guide, args, kwargs, draw_at(i))
+            where = _nonfinite_site(model, q_name, args, kwargs, draw_at(i))
         raise ModelError(
             f"{int(bad.sum())} of {log_w.numel()} importance log-weights are non-finite "
             f"(first at draw {i}: log p = {float(log_p[i])}, log q = {float(log_q[i])}), "
@@ -173,7 +178,8 @@ def importance_log_weights(
         log_w, log_q = enumerated_log_weights(
             model, guide, args, kwargs, num_particles, nesting=max_plate_nesting
         )
-        return _finish(model, guide, args, kwargs, [log_w + log_q], [log_q], False, None)
+        return _finish(model, _guide_name(guide), args, kwargs, [log_w + log_q], [log_q],
+                       False, None)
     sites = tuple(latent_sites)
     log_p, log_q, kept = [], [], []
     for n in _chunks(num_particles, chunk_size if vectorized else num_particles):
@@ -188,24 +194,37 @@ def importance_log_weights(
         log_p.append(lp)
         log_q.append(draws.log_q)
         kept.append((n, draws.values))
+    draw_at = _draw_finder(kept)
 
-    def draw_at(i):  # the values of draw i (unbatched), to find the site at fault
+    return _finish(model, _guide_name(guide), args, kwargs, log_p, log_q, vectorized, draw_at)
+
+
+def _guide_name(guide) -> str:
+    return f"guide {model_name(guide)!r}"
+
+
+def _draw_finder(kept: list) -> Callable:
+    """The values of draw ``i`` (unbatched) among chunks ``[(n, values), ...]``."""
+
+    def draw_at(i):
         for n, values in kept:
             if i < n:
                 return {k: v[i] for k, v in values.items()}
             i -= n
 
-    return _finish(model, guide, args, kwargs, log_p, log_q, vectorized, draw_at)
+    return draw_at
 
 
 def result_log_weights(
     result, num_particles: int, *, seed: int | None = None, chunk_size: int = DEFAULT_CHUNK
 ) -> LogWeights:
-    """Importance log-weights of a fit's own posterior approximation.
+    r"""Importance log-weights of a fit's own posterior approximation.
 
-    For a ``VIResult`` the proposal is the fitted guide (evaluated inside ``result.scope()``);
-    for an ``EMResult`` it is the exact posterior :math:`p(z \\mid x, \\hat\\theta)`, so every
-    weight equals :math:`\\log p(x \\mid \\hat\\theta)` up to round-off.
+    Draws from q with :meth:`~pyrovi._result.FitResult.posterior_draws` and weighs them
+    with :meth:`~pyrovi._result.FitResult.log_joint`, in chunks of ``chunk_size``.  For a
+    VI fit q is the fitted guide (enumerated discrete latents summed out of the joint); for
+    a fit with the exact posterior (EM) every weight equals
+    :math:`\log p(x \mid \hat\theta)` up to round-off.
 
     Raises
     ------
@@ -214,42 +233,34 @@ def result_log_weights(
     """
     check_result(result)
     num_particles = _check_particles(num_particles)
+    check_positive("chunk_size", chunk_size, integer=True)
     seed = resolve_seed(seed)
-    with seeded(seed, result.device):
-        if hasattr(result, "log_posterior"):  # EMResult: q is the exact posterior
-            log_p, log_q = [], []
-            with torch.no_grad():
-                for n in _chunks(num_particles, chunk_size):
-                    draws = result.sample(n)
-                    log_q.append(result.log_posterior(draws).reshape(-1))
-                    log_p.append(result.log_joint(draws).reshape(-1))
-            return _finish(result.model, None, result.args, result.kwargs, log_p, log_q, True,
-                           None)
-        with result.scope():
-            return importance_log_weights(
-                result.model,
-                result.guide,
-                result.args,
-                result.kwargs,
-                num_particles=num_particles,
-                chunk_size=chunk_size,
-                max_plate_nesting=result.max_plate_nesting,
-                shapes=result.site_shapes,
-                latent_sites=tuple(
-                    k for k in result.latent_sites if k not in result.enumerated_sites
-                ),
-                enumerated_sites=tuple(result.enumerated_sites),
-                vectorized=bool(result.vectorized),
-            )
+    log_p, log_q, kept = [], [], []
+    with seeded(seed, result.device), torch.no_grad():
+        for n in _chunks(num_particles, chunk_size):
+            draws = result.posterior_draws(n)
+            log_p.append(result.log_joint(draws.values).reshape(-1))
+            log_q.append(draws.log_q.reshape(-1))
+            kept.append((n, draws.values))
+    with result.scope():
+        return _finish(
+            result.model, f"the {result.family!r} fit's q", result.args, result.kwargs,
+            log_p, log_q, True, _draw_finder(kept),
+        )
 
 
-def check_result(result) -> None:
-    """Refuse a result that lacks what diagnostics need (the model and its arguments)."""
+def check_result(result: FitResult) -> ModelInfo:
+    """Refuse a result that lacks what diagnostics need (the model and its arguments);
+    return the model's inspection at the fitted parameters."""
+    if not isinstance(result, FitResult):
+        raise TypeError(
+            f"expected a pyrovi.VIResult or EMResult (a FitResult), got {type(result).__name__}"
+        )
     missing = [
         f for f in ("model", "args", "kwargs", "param_state", "latent_sites")
-        if getattr(result, f, None) is None
+        if getattr(result, f) is None
     ]
-    if missing or not callable(getattr(result, "model", None)):
+    if missing or not callable(result.model):
         raise ValueError(
             f"result {type(result).__name__} lacks {missing or ['a callable model']}; "
             "expected a pyrovi.VIResult or pyrovi.EMResult that holds the model, its "
@@ -258,7 +269,7 @@ def check_result(result) -> None:
         )
     try:
         with result.scope():
-            inspect_model(result.model, tuple(result.args), dict(result.kwargs))
+            info = inspect_model(result.model, tuple(result.args), dict(result.kwargs))
     except ModelError as err:
         raise ValueError(
             f"the model arguments held by the {type(result).__name__} (args of length "
@@ -267,8 +278,9 @@ def check_result(result) -> None:
             "model with the arguments the fit was run with; pass the result returned by "
             "run(*args) unchanged."
         ) from err
-    if not getattr(result, "latent_sites", ()):
+    if not result.latent_sites:
         raise ValueError(
             f"result {type(result).__name__} has no latent sites; there is nothing to "
             "diagnose (expected at least one latent pyro.sample site in the model)"
         )
+    return info

@@ -142,3 +142,49 @@ class EMResult(FitResult):
         from pyrovi.arviz import to_arviz  # at call time: pyrovi.arviz sits above pyrovi.em
 
         return to_arviz(self, num_samples, **kwargs)
+
+    # ------------------------------------------------- the FitResult protocol (pyrovi._result)
+    kind = "em"  # class-level tag (not a dataclass field: no annotation)
+
+    @property
+    def objective_trace(self) -> np.ndarray:
+        """``log_evidence_trace``: the log evidence at each iteration (the ELBO at q = the
+        exact posterior)."""
+        return self.log_evidence_trace
+
+    @property
+    def num_iterations(self) -> int:
+        """``n_iter``: EM iterations of the kept run."""
+        return self.n_iter
+
+    @property
+    def elbo_se(self) -> float:
+        """0: ``elbo`` is exact."""
+        return 0.0
+
+    @property
+    def exact_posterior(self) -> bool:
+        """True: q is the exact posterior, so the gap between ELBO and evidence is 0."""
+        return True
+
+    @property
+    def has_density(self) -> bool:
+        """True: the exact posterior has a density (:meth:`log_posterior`)."""
+        return True
+
+    @property
+    def map_trained(self) -> bool:
+        """False: EM maximises the evidence, not log p(x, z) at a point."""
+        return False
+
+    def posterior_draws(self, n: int, seed: int | None = None):
+        """``n`` exact posterior draws of every latent site with the exact log posterior
+        at each, as a :class:`pyrovi._draws.Draws` (``values`` as from :meth:`sample`,
+        ``log_q`` from :meth:`log_posterior`); ``seed`` as in :meth:`sample`."""
+        from pyrovi._draws import Draws, seeded_draws
+
+        check_positive("n", n, integer=True)
+        with seeded_draws(seed, self.device):
+            values = self.sample(n)
+        with torch.no_grad():
+            return Draws(values, self.log_posterior(values))

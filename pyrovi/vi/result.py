@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import numpy as np
 import pyro.poutine as poutine
 import torch
 from pyro.infer import config_enumerate, infer_discrete
+from pyro.infer.autoguide import AutoDelta
 
-from pyrovi._draws import Draws, guide_draws, predictive_draws
+from pyrovi._draws import (
+    Draws,
+    enumerated_log_joint,
+    guide_draws,
+    model_log_density,
+    predictive_draws,
+    seeded_draws,
+)
+from pyrovi._plates import vectorize_else_loop
 from pyrovi._result import FitResult
-from pyrovi._runtime import check_positive, resolve_seed, seeded
+from pyrovi._runtime import check_positive
 
 __all__ = ["VIResult"]
 
 
 @dataclasses.dataclass(frozen=True)
 class VIResult(FitResult):
-    """The result of a variational fit.
+    """The result of a variational fit; implements the :class:`~pyrovi._result.FitResult`
+    protocol (``kind = "vi"``).
 
     Attributes
     ----------
@@ -81,6 +92,8 @@ class VIResult(FitResult):
         Whether the fit was interrupted (Ctrl-C) and returned early.
     """
 
+    kind: ClassVar[str] = "vi"
+
     guide: Callable
     family: str
     params: dict
@@ -114,6 +127,38 @@ class VIResult(FitResult):
             f"num_steps={self.num_steps}, converged={self.converged}, backend={self.backend!r})"
         )
 
+    # ------------------------------------------------------------------ the protocol
+    @property
+    def objective_trace(self) -> np.ndarray:
+        """``elbo_trace``: the ELBO at each step (log p(x, z) for MAP-trained families)."""
+        return self.elbo_trace
+
+    @property
+    def num_iterations(self) -> int:
+        """``num_steps``: optimizer steps taken."""
+        return self.num_steps
+
+    @property
+    def exact_posterior(self) -> bool:
+        """False: the guide is an approximation (its gap to the evidence is its KL)."""
+        return False
+
+    @property
+    def has_density(self) -> bool:
+        """False for a point mass (the ``delta`` family or an ``AutoDelta`` guide)."""
+        return not (self.family == "delta" or isinstance(self.guide, AutoDelta))
+
+    @property
+    def map_trained(self) -> bool:
+        """True for the families trained on log p(x, z) at a point: ``delta`` (and an
+        ``AutoDelta`` guide) and ``laplace``."""
+        return not self.has_density or self.family == "laplace"
+
+    @property
+    def guide_sites(self) -> tuple:
+        """The latent sites the guide covers: ``latent_sites`` less ``enumerated_sites``."""
+        return tuple(k for k in self.latent_sites if k not in self.enumerated_sites)
+
     # ----------------------------------------------------------------- posterior draws
     def sample(self, n: int, seed: int | None = None) -> dict[str, torch.Tensor]:
         """Draw ``n`` times from the fitted posterior approximation.
@@ -123,7 +168,8 @@ class VIResult(FitResult):
         n : int
             Number of draws.
         seed : int, optional
-            Seed for the draws (the caller's random state is left untouched).
+            Seed for the draws; the caller's random state is left untouched.  None: draw
+            from torch's global random state (see :func:`pyrovi._draws.seeded_draws`).
 
         Returns
         -------
@@ -133,54 +179,116 @@ class VIResult(FitResult):
             given the continuous draws (Pyro's ``infer_discrete``).
         """
         check_positive("n", n, integer=True)
-        with seeded(resolve_seed(seed), self.device), self.scope(), torch.no_grad():
+        with seeded_draws(seed, self.device), self.scope(), torch.no_grad():
+            values = dict(self._guide_draws(n).values)
             if self.enumerated_sites:
-                return self._sample_with_discrete(n)
-            return dict(self._guide_draws(n).values)
+                values.update(self.sample_enumerated(values))
+                values = {k: values[k] for k in self.latent_sites if k in values}
+            return values
 
     def _guide_draws(self, n: int) -> Draws:
-        """Guide draws of the continuous latents with log q (inside scope and seeding)."""
-        sites = tuple(k for k in self.latent_sites if k not in self.enumerated_sites)
+        """Guide draws of the guide's latents with log q (inside scope and seeding)."""
         return guide_draws(
             self.guide,
             self.args,
             self.kwargs,
             n,
-            sites=sites,
+            sites=self.guide_sites,
             shapes=self.site_shapes,
             nesting=self.max_plate_nesting,
             vectorized=self.vectorized,
         )
 
-    def draws(self, n: int, seed: int | None = None) -> Draws:
-        """``n`` draws of the continuous latents with the guide's log density at each.
+    def posterior_draws(self, n: int, seed: int | None = None) -> Draws:
+        """``n`` draws of the guide's latents with the guide's log density at each.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws.
+        seed : int, optional
+            As in :meth:`sample`.
 
         Returns
         -------
         Draws
-            ``values`` (site -> ``(n, *shape)``, constrained) and ``log_q`` (``(n,)``, the
-            log density of q at each draw, Jacobians of the constraining transforms
-            included).
+            ``values``: site -> ``(n, *shape)`` (constrained) for :attr:`guide_sites`, the
+            latent sites less the enumerated discrete ones (the guide does not draw those;
+            :meth:`sample_enumerated` draws them given these values).  ``log_q``: ``(n,)``,
+            the log density of q at each draw, Jacobians of the constraining transforms
+            included (0 for a point mass: see :attr:`has_density`).
         """
         check_positive("n", n, integer=True)
-        with seeded(resolve_seed(seed), self.device), self.scope():
+        with seeded_draws(seed, self.device), self.scope():
             return self._guide_draws(n)
 
-    def _sample_with_discrete(self, n: int) -> dict[str, torch.Tensor]:
-        # one draw at a time: infer_discrete under a particle plate would need the plate
-        # bookkeeping of Predictive for the enumerated dims as well.
+    def draws(self, n: int, seed: int | None = None) -> Draws:
+        """The same as :meth:`posterior_draws` (kept for existing callers)."""
+        return self.posterior_draws(n, seed=seed)
+
+    def sample_enumerated(
+        self, values: dict[str, torch.Tensor], seed: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        r"""Draw the enumerated discrete sites from their exact conditional posterior
+        :math:`p(z_d \mid x, z_c)` given each draw of the guide's latents ``values``
+        (Pyro's ``infer_discrete``; one draw at a time).
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Enumerated site -> ``(n, *site_shape)``; empty when nothing was enumerated.
+        """
+        if not self.enumerated_sites:
+            return {}
+        n = next(iter(values.values())).shape[0]
         model = config_enumerate(self.model, default="parallel")
-        rows: dict[str, list] = {k: [] for k in self.latent_sites}
-        for _ in range(n):
-            guide_trace = poutine.trace(self.guide).get_trace(*self.args, **self.kwargs)
-            conditioned = poutine.replay(model, trace=guide_trace)
-            sampler = infer_discrete(
-                conditioned, first_available_dim=-self.max_plate_nesting - 1, temperature=1
-            )
-            trace = poutine.trace(sampler).get_trace(*self.args, **self.kwargs)
-            for k in self.latent_sites:
-                rows[k].append(trace.nodes[k]["value"])
+        rows: dict[str, list] = {k: [] for k in self.enumerated_sites}
+        with seeded_draws(seed, self.device), self.scope(), torch.no_grad():
+            for i in range(n):
+                conditioned = poutine.condition(model, data={k: v[i] for k, v in values.items()})
+                sampler = infer_discrete(
+                    conditioned, first_available_dim=-self.max_plate_nesting - 1, temperature=1
+                )
+                trace = poutine.trace(sampler).get_trace(*self.args, **self.kwargs)
+                for k in rows:
+                    rows[k].append(trace.nodes[k]["value"].reshape(self.site_shapes[k].shape))
         return {k: torch.stack(v) for k, v in rows.items()}
+
+    def log_joint(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        r""":math:`\log p(x, z)` at each draw of ``values`` at the fitted parameters.
+
+        Parameters
+        ----------
+        values : dict of str to torch.Tensor
+            Site -> ``(n, *site_shape)``, at least every site of :attr:`guide_sites`.
+            Enumerated discrete sites left out are summed out exactly, giving
+            :math:`\log p(x, z_c) = \log \sum_{z_d} p(x, z_c, z_d)` (one draw at a time);
+            given, they are conditioned on.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n,)``, totals with all constants.
+        """
+        missing = [k for k in self.guide_sites if k not in values]
+        if missing:
+            raise ValueError(
+                f"values lacks the latent site(s) {missing}; expected a dict with at least "
+                f"the keys {list(self.guide_sites)}, as in posterior_draws(n).values"
+            )
+        summed = [k for k in self.enumerated_sites if k not in values]
+        with self.scope(), torch.no_grad():
+            if summed:
+                return enumerated_log_joint(
+                    self.model, self.args, self.kwargs, values, nesting=self.max_plate_nesting
+                )
+            return vectorize_else_loop(
+                lambda vectorized: model_log_density(
+                    self.model, self.args, self.kwargs, values, shapes=self.site_shapes,
+                    nesting=self.max_plate_nesting, vectorized=vectorized,
+                )[0],
+                self.vectorized and not self.enumerated_sites,
+            )
 
     def median(self) -> dict[str, torch.Tensor]:
         """The posterior median of each latent site (constrained space).
@@ -248,15 +356,14 @@ class VIResult(FitResult):
         check_positive("n", n, integer=True)
         if not args and not kwargs:
             args, kwargs = self.args, self.kwargs
-        with seeded(resolve_seed(seed), self.device), self.scope(), torch.no_grad():
-            latents = self.sample(n, seed=seed)
-            return predictive_draws(
-                self.model,
-                args,
-                kwargs,
-                latents,
-                nesting=self.max_plate_nesting,
-                vectorized=self.vectorized and not self.enumerated_sites,
+        with seeded_draws(seed, self.device), self.scope(), torch.no_grad():
+            latents = self.sample(n)
+            return vectorize_else_loop(
+                lambda vectorized: predictive_draws(
+                    self.model, args, kwargs, latents, nesting=self.max_plate_nesting,
+                    vectorized=vectorized,
+                ),
+                self.vectorized and not self.enumerated_sites,
             )
 
     def param(self, name: str) -> torch.Tensor:
@@ -264,11 +371,3 @@ class VIResult(FitResult):
         if name not in self.params:
             raise KeyError(f"no parameter {name!r}; the fitted ones are {sorted(self.params)}")
         return self.params[name]
-
-    def to_arviz(self, num_samples: int = 1000, **kwargs):
-        """Export to ArviZ; see :func:`pyrovi.to_arviz`."""
-        from pyrovi.arviz import to_arviz
-
-        return to_arviz(self, num_samples, **kwargs)
-
-

@@ -177,8 +177,9 @@ def test_score_function_sites_are_reported():
         pyro.sample("c", dist.Bernoulli(torch.tensor(0.5)))
         pyro.sample("m", dist.Normal(0.0, 1.0))
 
-    fake = types.SimpleNamespace(
+    fake = types.SimpleNamespace(  # the members of a VI result that gradient_estimators reads
         guide=guide, latent_sites=("c", "m", "k"), enumerated_sites=("k",), args=(),
+        exact_posterior=False,
         kwargs={}, scope=lambda: __import__("contextlib").nullcontext(),
     )
     assert gradient_estimators(fake) == {
