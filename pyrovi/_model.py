@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 import pyro.poutine as poutine
 import torch
 
+from pyrovi._plates import is_user_sample
 from pyrovi.errors import ModelError
 
 __all__ = ["ModelInfo", "inspect_model", "model_name", "check_observed_finite"]
@@ -67,20 +68,6 @@ def model_name(model: Callable) -> str:
     return getattr(model, "__qualname__", None) or getattr(model, "__name__", None) or repr(model)
 
 
-def _is_user_sample(site: dict) -> bool:
-    """A sample site of the model proper: not a subsample index, an auxiliary variable or a
-    ``pyro.deterministic`` record (Pyro marks those observed)."""
-    if site["type"] != "sample":
-        return False
-    infer = site["infer"]
-    return (
-        not infer.get("_do_not_trace", False)
-        and not infer.get("is_auxiliary", False)
-        and not infer.get("_deterministic", False)
-        and type(site["fn"]).__name__ != "_Subsample"
-    )
-
-
 def inspect_model(model: Callable, args: tuple = (), kwargs: Mapping | None = None) -> ModelInfo:
     """Trace ``model(*args, **kwargs)`` once and describe its sites.
 
@@ -105,7 +92,7 @@ def inspect_model(model: Callable, args: tuple = (), kwargs: Mapping | None = No
     site_plates: dict = {}
     nesting = 0
     for name, site in trace.nodes.items():
-        if not _is_user_sample(site):
+        if not is_user_sample(site):
             continue
         frames = [f for f in site["cond_indep_stack"] if f.vectorized]
         for f in frames:

@@ -22,6 +22,8 @@ import torch
 from pyro.infer.mcmc.util import initialize_model
 from torch.distributions import biject_to
 
+from pyrovi._plates import is_traced_sample
+
 __all__ = [
     "SiteSlot",
     "FlatLayout",
@@ -110,7 +112,7 @@ def _site_signature(trace: poutine.Trace) -> list[tuple]:
     return [
         (name, bool(site["is_observed"]), tuple(site["value"].shape))
         for name, site in trace.nodes.items()
-        if site["type"] == "sample" and type(site["fn"]).__name__ != "_Subsample"
+        if is_traced_sample(site)
     ]
 
 

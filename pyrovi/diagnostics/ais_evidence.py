@@ -16,9 +16,10 @@ import torch
 
 from pyrovi._model import inspect_model
 from pyrovi._potential import potential_from_model
+from pyrovi._result import FitResult
 from pyrovi.diagnostics.ais import AIS, run_ais
 from pyrovi.diagnostics.bounds import log_mean_exp
-from pyrovi.diagnostics.estimate import Estimate, is_fit_result
+from pyrovi.diagnostics.estimate import Estimate
 from pyrovi.diagnostics.exact import exact_log_evidence
 from pyrovi.errors import ModelError
 
@@ -27,10 +28,8 @@ __all__ = ["ais_log_evidence"]
 
 def _base_draws(model, args, kwargs, guide, n, names):
     """Constrained draws of the sites ``names`` from the guide (or a fit, or the prior)."""
-    if is_fit_result(guide):
-        if hasattr(guide, "draws"):  # VIResult: vectorized draws of the continuous latents
-            return dict(guide.draws(n).values), "guide"
-        return guide.sample(n), "guide"
+    if isinstance(guide, FitResult):
+        return dict(guide.posterior_draws(n).values), "guide"
     source = guide if guide is not None else model
     rows: dict = {k: [] for k in names}
     with torch.no_grad():

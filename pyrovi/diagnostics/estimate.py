@@ -11,7 +11,7 @@ import dataclasses
 
 from pyrovi.errors import ModelError
 
-__all__ = ["Estimate", "IntractableError", "is_fit_result"]
+__all__ = ["Estimate", "IntractableError"]
 
 
 class IntractableError(ModelError):
@@ -48,10 +48,3 @@ class Estimate:
         se = "" if self.method == "exact" else f" ± {self.se:.4g}"
         return f"log p(x) = {self.value:.6g}{se} ({self.method}, {self.num_particles} draws)"
 
-
-def is_fit_result(obj) -> bool:
-    """Whether ``obj`` is a pyrovi fit result (a ``VIResult`` or an ``EMResult``).
-
-    A probe, until fit results share a protocol.
-    """
-    return hasattr(obj, "param_state") and hasattr(obj, "scope") and hasattr(obj, "model")

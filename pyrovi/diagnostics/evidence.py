@@ -25,12 +25,14 @@ the importance weights in :mod:`pyrovi.diagnostics.weights`.
 
 from __future__ import annotations
 
+import contextlib
+
+from pyrovi._result import FitResult
 from pyrovi._runtime import resolve_seed, seeded
 from pyrovi.diagnostics.ais import AIS
 from pyrovi.diagnostics.ais_evidence import ais_log_evidence
 from pyrovi.diagnostics.bounds import ess, log_mean_exp
 from pyrovi.diagnostics.estimate import Estimate, IntractableError
-from pyrovi.diagnostics.estimate import is_fit_result as _is_result
 from pyrovi.diagnostics.exact import exact_log_evidence
 from pyrovi.diagnostics.weights import (
     _check_particles,
@@ -97,7 +99,7 @@ def log_evidence(
         raise TypeError(f"method must be one of {METHODS} or an AIS(...), got {method!r}")
     if num_particles is not None:
         _check_particles(num_particles)
-    if _is_result(model):
+    if isinstance(model, FitResult):
         if args or kwargs:
             raise TypeError(
                 "log_evidence(result, ...) takes the model arguments from the result; got "
@@ -107,11 +109,11 @@ def log_evidence(
         result = model
         model, args, kwargs = result.model, tuple(result.args), dict(result.kwargs)
         guide = result if guide is None else guide
-        if method == "exact" and hasattr(result, "log_posterior"):
-            return Estimate(float(result.log_evidence), 0.0, "exact", 0, {"how": "em"})
+        if method == "exact" and result.exact_posterior:
+            return Estimate(float(result.elbo), 0.0, "exact", 0, {"how": "em"})
     if not callable(model):
         raise TypeError(f"model must be a Pyro model or a fit result, got {type(model).__name__}")
-    scope = guide.scope() if _is_result(guide) else _null()
+    scope = guide.scope() if isinstance(guide, FitResult) else contextlib.nullcontext()
     seed = resolve_seed(seed)
     with scope, seeded(seed):
         if method == "exact":
@@ -123,9 +125,9 @@ def log_evidence(
                     "VIResult>; got guide=None. Without a guide use method='ais'."
                 )
             n = num_particles or 10_000
-            if hasattr(guide, "log_posterior"):  # EMResult: its exact posterior
+            if isinstance(guide, FitResult) and guide.exact_posterior:  # q = the exact posterior
                 lw = result_log_weights(guide, n, seed=seed)
-            elif _is_result(guide):
+            elif isinstance(guide, FitResult):
                 lw = importance_log_weights(model, guide.guide, args, kwargs, num_particles=n)
             else:
                 lw = importance_log_weights(model, guide, args, kwargs, num_particles=n)
@@ -133,11 +135,4 @@ def log_evidence(
             return Estimate(value, se, "importance", n, {"ess": ess(lw.log_w)})
         return ais_log_evidence(model, args, kwargs, guide, options, num_particles or 64)
 
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 

@@ -20,13 +20,21 @@ import dataclasses
 import math
 from collections.abc import Callable
 
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import config_enumerate, infer_discrete
-from pyro.poutine.util import prune_subsample_sites
 
 from pyrovi._exact import unflatten
+from pyrovi._plates import (
+    SiteShape,
+    draw_dim,
+    draw_plate,
+    is_traced_sample,
+    pad_draws,
+    per_draw_sum,
+    unpad_draws,
+    vectorize_else_loop,
+)
 
 __all__ = [
     "GaussianPosterior",
@@ -134,38 +142,20 @@ class DiscretePosterior:
     factorized: bool = False
 
 
-_PARTICLES = "_pyrovi_em_particles"
-
-
 def particle_dim(trace, max_plate_nesting: int) -> int:
-    """The batch dim (negative) left of every plate and batch dim of the model's sites."""
+    """The batch dim (negative) of the draw plate: left of every plate and of every batch
+    dim of the model's sites (a site may have batch dims outside its plates)."""
     depth = max_plate_nesting
-    for site in prune_subsample_sites(trace).nodes.values():
-        if site["type"] == "sample":
+    for site in trace.nodes.values():
+        if is_traced_sample(site):
             value = site["value"]
             if isinstance(value, torch.Tensor):
                 depth = max(depth, value.dim() - site["fn"].event_dim)
-    return -1 - depth
+    return draw_dim(depth)
 
 
-def _to_particle_layout(value: torch.Tensor, shape: tuple, event_dim: int, dim: int):
-    n = value.shape[0]
-    batch_ndim = len(shape) - event_dim
-    pad = -dim - 1 - batch_ndim
-    return value.reshape((n,) + (1,) * pad + tuple(shape))
-
-
-def _sum_to_particles(log_prob: torch.Tensor, n: int, dim: int) -> torch.Tensor:
-    depth = -dim
-    while log_prob.dim() < depth:
-        log_prob = log_prob.unsqueeze(0)
-    if log_prob.dim() > depth or log_prob.shape[0] not in (1, n):
-        raise ValueError(
-            f"a site's log-density has shape {tuple(log_prob.shape)}, which does not "
-            f"broadcast over a plate of {n} draws at dim {dim}"
-        )
-    out = log_prob.reshape(log_prob.shape[0], -1).sum(-1)
-    return out.expand(n)
+def _layout_shape(shape: tuple, event_dim: int) -> SiteShape:
+    return SiteShape(tuple(shape), len(shape) - event_dim)
 
 
 def _site_log_prob(site) -> torch.Tensor:
@@ -180,10 +170,9 @@ def _site_log_prob(site) -> torch.Tensor:
 def plain_log_joint(model: Callable, args: tuple, kwargs: dict, values: dict) -> torch.Tensor:
     """``log p(x, z)`` (scalar) at one draw ``values`` (site -> value of the site's shape)."""
     trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
-    trace = prune_subsample_sites(trace)
     total = 0.0
     for site in trace.nodes.values():
-        if site["type"] == "sample":
+        if is_traced_sample(site):
             total = total + _site_log_prob(site).sum()
     return total
 
@@ -205,20 +194,20 @@ def particle_log_joint(
             for i in range(n)
         ])
 
+    nesting = -dim - 1
+
     def vectorized(*a, **k):
-        with pyro.plate(_PARTICLES, n, dim=dim):
+        with draw_plate(n, nesting):
             return model(*a, **k)
 
     data = {
-        name: _to_particle_layout(v, layout[name][0], layout[name][1], dim)
-        for name, v in values.items()
+        name: pad_draws(v, _layout_shape(*layout[name]), nesting) for name, v in values.items()
     }
     trace = poutine.trace(poutine.condition(vectorized, data=data)).get_trace(*args, **kwargs)
-    trace = prune_subsample_sites(trace)
     total = torch.zeros(n, dtype=next(iter(values.values())).dtype)
     for site in trace.nodes.values():
-        if site["type"] == "sample":
-            total = total + _sum_to_particles(_site_log_prob(site), n, dim)
+        if is_traced_sample(site):
+            total = total + per_draw_sum(_site_log_prob(site), n, nesting)
     return total
 
 
@@ -243,7 +232,7 @@ def sample_posterior(result, n: int) -> dict[str, torch.Tensor]:
         dim = particle_dim(shape_trace, result.max_plate_nesting)
 
         def vectorized(*a, **k):
-            with pyro.plate(_PARTICLES, n, dim=dim):
+            with draw_plate(n, -dim - 1):
                 return result.model(*a, **k)
 
         sampler = infer_discrete(
@@ -254,13 +243,11 @@ def sample_posterior(result, n: int) -> dict[str, torch.Tensor]:
     out = {}
     for name in result.latent_sites:
         site = shape_trace.nodes[name]
-        shape = tuple(site["value"].shape)
-        target = tuple(_to_particle_layout(torch.zeros(n, *shape), shape, site["fn"].event_dim,
-                                           dim).shape)
+        shape = _layout_shape(tuple(site["value"].shape), site["fn"].event_dim)
         value = trace.nodes[name]["value"]
-        while value.dim() > len(target) and value.shape[0] == 1:
+        while value.dim() > -dim + len(shape.event_shape) and value.shape[0] == 1:
             value = value.squeeze(0)
-        out[name] = value.expand(target).reshape((n,) + shape)
+        out[name] = unpad_draws(value, shape, -dim - 1, n)
     return out
 
 
@@ -279,12 +266,8 @@ def log_joint(result, samples: dict[str, torch.Tensor]) -> torch.Tensor:
         dim = particle_dim(shape_trace, result.max_plate_nesting)
         values = {k: samples[k] for k in result.latent_sites}
         layout = model_layout(shape_trace, result.latent_sites)
-        try:
-            return particle_log_joint(result.model, result.args, result.kwargs, values, dim,
-                                      layout)
-        except (RuntimeError, ValueError):  # a model that does not broadcast: one at a time
-            return particle_log_joint(result.model, result.args, result.kwargs, values, dim,
-                                      layout, vectorize=False)
+        return vectorize_else_loop(lambda vectorize: particle_log_joint(
+            result.model, result.args, result.kwargs, values, dim, layout, vectorize=vectorize))
 
 
 def log_posterior(result, samples: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -15,8 +15,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from pyrovi._draws import Draws, seeded_draws
 from pyrovi._result import FitResult
-from pyrovi._runtime import check_positive, seeded
+from pyrovi._runtime import check_positive
 from pyrovi.em import posterior as _posterior
 from pyrovi.em.posterior import DiscretePosterior, GaussianPosterior
 
@@ -116,9 +117,7 @@ class EMResult(FitResult):
             Site -> draws of shape ``(n, *site value shape)`` (constrained space).
         """
         check_positive("n", n, integer=True)
-        if seed is None:
-            return _posterior.sample_posterior(self, n)
-        with seeded(int(seed), self.device):
+        with seeded_draws(seed, self.device):
             return _posterior.sample_posterior(self, n)
 
     def log_posterior(self, samples: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -181,8 +180,6 @@ class EMResult(FitResult):
         """``n`` exact posterior draws of every latent site with the exact log posterior
         at each, as a :class:`pyrovi._draws.Draws` (``values`` as from :meth:`sample`,
         ``log_q`` from :meth:`log_posterior`); ``seed`` as in :meth:`sample`."""
-        from pyrovi._draws import Draws, seeded_draws
-
         check_positive("n", n, integer=True)
         with seeded_draws(seed, self.device):
             values = self.sample(n)
