@@ -8,11 +8,11 @@ The policy
   the fit goes on, the previous checkpoint intact (:func:`write_checkpoint`).
 * **Ctrl-C** stops the training loop; a checkpoint is written when the fit has a path, and
   the fit returns the result so far with an :class:`~pyrovi.errors.InterruptedFitWarning`
-  (:func:`guard`, :func:`warn_interrupted`).
+  (:func:`stop_on_interrupt`, :func:`warn_interrupted`).
 * **Failures** keep what was done: an error raised by the model during training becomes a
   :class:`~pyrovi.errors.FitError` naming the step, after a checkpoint is written; it and
   a :class:`~pyrovi.errors.NonFiniteError` carry the last good result in ``err.result``
-  (:func:`guard`, :func:`with_result`).
+  (:func:`keep_result`, :func:`with_result`).  :func:`guard` applies both around a loop.
 
 Configuration objects (:class:`pyrovi.VI`, :class:`pyrovi.EM`) hold none of this: each
 ``run()`` makes its own :class:`RunState`, so running one configured object twice gives two

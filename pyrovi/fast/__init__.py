@@ -9,10 +9,13 @@ back into the autoguide's parameters, so results behave exactly as after Pyro's 
 
 It is a backend of :class:`pyrovi.VI` that takes values and returns values
 (:mod:`pyrovi.fast.backend`): :func:`plan` ``-> Plan | reason`` and :func:`train`
-``-> Outcome``.  It imports nothing from :mod:`pyrovi.vi`.  Set ``PYROVI_COMPILE=0`` to run
-the traced step without ``torch.compile`` (same math, no compilation time).
+``-> Outcome`` (:class:`Settings`, :class:`Outcome` and :class:`NonFinite` live in
+:mod:`pyrovi._steps`, shared with the SVI loop).  It imports nothing from
+:mod:`pyrovi.vi`.  Set ``PYROVI_COMPILE=0`` to run the traced step without
+``torch.compile`` (same math, no compilation time).
 """
 
+from pyrovi._steps import NonFinite, Outcome, Settings
 from pyrovi.fast.backend import Plan, plan, run_steps, train
 
-__all__ = ["Plan", "plan", "train", "run_steps"]
+__all__ = ["Plan", "plan", "train", "run_steps", "Settings", "Outcome", "NonFinite"]
