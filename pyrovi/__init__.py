@@ -18,9 +18,12 @@ from pyrovi.diagnostics import (
 from pyrovi.em import EM, EMResult
 from pyrovi.errors import (
     CheckpointError,
+    CheckpointWarning,
     ConvergenceWarning,
     FallbackWarning,
     FitError,
+    InterruptedFitWarning,
+    IntractableError,
     ModelError,
     ModelWarning,
     NonFiniteError,
@@ -56,6 +59,7 @@ __all__ = [
     "FAMILIES",
     "PyroviError",
     "ModelError",
+    "IntractableError",
     "NonFiniteError",
     "FitError",
     "CheckpointError",
@@ -63,4 +67,6 @@ __all__ = [
     "ConvergenceWarning",
     "ModelWarning",
     "FallbackWarning",
+    "CheckpointWarning",
+    "InterruptedFitWarning",
 ]

@@ -12,6 +12,7 @@ from typing import Any
 __all__ = [
     "PyroviError",
     "ModelError",
+    "IntractableError",
     "NonFiniteError",
     "FitError",
     "CheckpointError",
@@ -42,6 +43,14 @@ class ModelError(PyroviError):
     def __init__(self, message: str, *, site: str | None = None):
         super().__init__(message)
         self.site = site
+
+
+class IntractableError(ModelError):
+    """``method="exact"`` was asked of a model whose evidence has no exact form here.
+
+    Raised by :func:`pyrovi.log_evidence` and :func:`pyrovi.diagnose`; ``site`` names the
+    latent site that makes the evidence intractable.
+    """
 
 
 class FitError(PyroviError):

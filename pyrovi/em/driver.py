@@ -18,11 +18,19 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import pyro
 import torch
 from tqdm.auto import tqdm
 
 from pyrovi._model import check_observed_finite, inspect_model, model_name
+from pyrovi._run import (
+    RunState,
+    keep_result,
+    load_params,
+    load_rng,
+    stop_on_interrupt,
+    warn_interrupted,
+    write_checkpoint,
+)
 from pyrovi._runtime import (
     check_positive,
     fit_context,
@@ -33,26 +41,13 @@ from pyrovi._runtime import (
     store_params,
     warn,
 )
-from pyrovi.checkpoint import (
-    Checkpoint,
-    check_checkpoint_path,
-    check_compatible,
-    fingerprint,
-    save_checkpoint,
-)
+from pyrovi.checkpoint import Checkpoint, check_checkpoint_path, check_compatible, fingerprint
 from pyrovi.em.closed_form import ClosedFormModel
 from pyrovi.em.engines import ClosedFormEngine, EnumEngine, GaussianEngine
 from pyrovi.em.estep import latent_kind
 from pyrovi.em.mstep import LBFGSMStep
 from pyrovi.em.result import EMResult
-from pyrovi.errors import (
-    CheckpointError,
-    CheckpointWarning,
-    ConvergenceWarning,
-    InterruptedFitWarning,
-    ModelError,
-    NonFiniteError,
-)
+from pyrovi.errors import ConvergenceWarning, ModelError, NonFiniteError
 
 __all__ = ["EM"]
 
@@ -60,8 +55,13 @@ _M_STEPS = ("auto", "generic", "closed_form")
 
 
 @dataclasses.dataclass
-class _Run:
-    """What one restart produced (mutable while it runs)."""
+class _Restart:
+    """What one restart produced (mutable while it runs).
+
+    ``trace`` holds ``log p(x | theta_k)`` of every completed iteration ``k`` (E-step and
+    M-step), so ``len(trace) == n_iter``; ``log_evidence`` is that of the parameters it
+    ends with.
+    """
 
     init: int
     seed: int
@@ -72,6 +72,18 @@ class _Run:
     params: dict | None = None
     state: dict | None = None
     posterior: object = None
+
+
+@dataclasses.dataclass
+class _EMRun:
+    """One ``EM.run`` call: the shared run state and what every restart needs."""
+
+    state: RunState
+    meta: dict
+    closed: bool
+    args: tuple
+    kwargs: dict
+    restarts: list = dataclasses.field(default_factory=list)  # finished ones
 
 
 class EM:
@@ -165,7 +177,6 @@ class EM:
         self.checkpoint_every = check_positive("checkpoint_every", checkpoint_every, integer=True)
         self.checkpoint = check_checkpoint_path(checkpoint, model)
         self._resume: tuple[Checkpoint, str] | None = None
-        self.interrupted = False
 
     # ------------------------------------------------------------------------- run
     def run(self, *args, **kwargs) -> EMResult:
@@ -183,6 +194,17 @@ class EM:
         NonFiniteError
             When the log evidence turns non-finite or a covariance becomes singular; its
             ``result`` holds the last good parameters and the trace so far.
+        FitError
+            When the model raises during an iteration; ``err.result`` holds the parameters
+            and trace so far (and the checkpoint, if configured, too).
+
+        Notes
+        -----
+        Ctrl-C ends the restart in progress with an
+        :class:`~pyrovi.errors.InterruptedFitWarning` and returns the best restart so far;
+        its trace holds the completed iterations (``n_iter == len(log_evidence_trace)``)
+        and ``log_evidence`` is that of the parameters it stopped at.  Each call is an
+        independent run: the object holds configuration only.
         """
         start = time.perf_counter()
         device = resolve_device(self.device, args, kwargs)
@@ -190,41 +212,33 @@ class EM:
         seed = resolve_seed(self.seed)
         closed = isinstance(self.model, ClosedFormModel) and self.m_step != "generic"
         make, meta = self._prepare(closed, args, kwargs, seed, device)
-        runs, first, ckpt = [], 0, None
+        run = _EMRun(
+            state=RunState(seed=seed, device=device, checkpoint=self.checkpoint, start=start),
+            meta=meta, closed=closed, args=args, kwargs=kwargs,
+        )
+        first, ckpt = 0, None
         if self._resume is not None:
             ckpt, path = self._resume
             check_compatible(ckpt, path, kind="em", family="em", prints=meta["fingerprint"])
-            runs = [_Run(**r) for r in ckpt.schedule["runs"]]
+            run.restarts = [_Restart(**r) for r in ckpt.schedule["runs"]]
             first = ckpt.schedule["init"]
-        self._meta = dict(meta, closed=closed)
         for i in range(first, self.n_init):
-            run = _Run(init=i, seed=seed + i, trace=[])
-            try:
-                with fit_context(run.seed, device):
-                    engine = make(i)
-                    if ckpt is not None and i == first:
-                        self._restore(engine, run, ckpt, closed)
-                    try:
-                        self._iterate(engine, run, meta["n_obs"], runs)
-                    finally:  # the last good parameters are kept, also on failure
-                        if closed:
-                            engine.store()
-                        run.state, run.params = snapshot_store(), store_params()
-            except NonFiniteError as err:
-                partial = self._result(run, meta, args, kwargs, device, start, runs + [run])
-                raise NonFiniteError(str(err), step=err.step, site=err.site,
-                                     result=partial) from err
-            runs.append(run)
-            if self.interrupted:
-                warn(
-                    f"EM was interrupted in restart {i + 1}/{self.n_init} after {run.n_iter} "
-                    "iterations; returning the best result so far"
-                    + (f" (checkpoint {self.checkpoint!r} written)" if self.checkpoint else ""),
-                    InterruptedFitWarning,
+            restart = _Restart(init=i, seed=seed + i, trace=[])
+            with fit_context(restart.seed, device):
+                engine = make(i)
+                if ckpt is not None and i == first:
+                    self._restore(engine, restart, ckpt, closed)
+                self._iterate(engine, restart, run)
+            run.restarts.append(restart)
+            if run.state.interrupted:
+                warn_interrupted(
+                    run.state,
+                    f"EM was interrupted in restart {i + 1}/{self.n_init} after "
+                    f"{restart.n_iter} iterations; returning the best result so far",
                 )
                 break
-        best = max(runs, key=lambda r: r.log_evidence)
-        if not best.converged and self.tol > 0 and not self.interrupted:
+        best = max(run.restarts, key=lambda r: r.log_evidence)
+        if not best.converged and self.tol > 0 and not run.state.interrupted:
             change = (best.trace[-1] - best.trace[-2]) / meta["n_obs"] if len(best.trace) > 1 \
                 else math.nan
             warn(
@@ -233,7 +247,7 @@ class EM:
                 "Increase num_iters, loosen tol, or try other initial values (n_init).",
                 ConvergenceWarning,
             )
-        return self._result(best, meta, args, kwargs, device, start, runs)
+        return self._result(best, run, run.restarts)
 
     def _prepare(self, closed: bool, args: tuple, kwargs: dict, seed: int, device):
         """Check the model and arguments before any work; return an engine factory."""
@@ -284,85 +298,96 @@ class EM:
 
         return make, meta
 
-    def _iterate(self, engine, run: _Run, n_obs: int, done: list) -> None:
-        """The EM loop of one restart (sklearn's ``BaseMixture.fit`` habits)."""
-        bar = tqdm(total=self.num_iters, initial=run.n_iter, disable=not self.progress,
-                   leave=False, desc=f"EM init {run.init + 1}/{self.n_init}")
-        prev = run.trace[-1] if run.trace else -math.inf
-        try:
-            for it in range(run.n_iter, self.num_iters):
-                ll = self._checked(engine.e_step, it)
-                run.trace.append(ll)
-                self._checked(engine.m_step, it)
-                run.n_iter = it + 1
-                change = (ll - prev) / n_obs
-                prev = ll
-                bar.update(1)
-                bar.set_postfix(log_evidence=f"{ll:.6g}")
-                if self.checkpoint is not None and run.n_iter % self.checkpoint_every == 0:
-                    self._save(engine, run, done)
-                if self.tol > 0 and abs(change) < self.tol:
-                    run.converged = True
-                    break
-        except KeyboardInterrupt:
-            self.interrupted = True
-            if self.checkpoint is not None:
-                self._save(engine, run, done)
-        finally:
-            bar.close()
-        run.log_evidence = self._checked(engine.e_step, run.n_iter)
-        run.posterior = engine.posterior()
+    def _iterate(self, engine, restart: _Restart, run: _EMRun) -> None:
+        """The EM loop of one restart (sklearn's ``BaseMixture.fit`` habits), under the run
+        policy: Ctrl-C ends it with a checkpoint, a failure keeps the last good result.
 
-    def _save(self, engine, run: _Run, done: list) -> None:
-        """Checkpoint the restart in progress (and the finished ones); warn on failure."""
-        closed = self._meta["closed"]
-        if closed:
+        An iteration counts, and enters the trace, once its M-step is done; the log
+        evidence of the parameters the restart ends with is computed after the loop.
+        """
+        bar = tqdm(total=self.num_iters, initial=restart.n_iter, disable=not self.progress,
+                   leave=False, desc=f"EM init {restart.init + 1}/{self.n_init}")
+        n_obs = run.meta["n_obs"]
+        prev = restart.trace[-1] if restart.trace else -math.inf
+        save = None if self.checkpoint is None else (
+            lambda: self._checkpoint(engine, restart, run))
+        failure = keep_result(
+            run.state,
+            unit="iteration",
+            done=lambda: restart.n_iter,
+            partial=lambda: self._partial(engine, restart, run),
+            save=save,
+            trace="log-evidence trace",
+        )
+        with failure:
+            try:
+                with stop_on_interrupt(
+                    run.state, at=lambda: f"iteration {restart.n_iter}", save=save
+                ):
+                    for it in range(restart.n_iter, self.num_iters):
+                        ll = self._checked(engine.e_step, it)
+                        restart.log_evidence = ll  # of the current parameters, for now
+                        self._checked(engine.m_step, it)
+                        restart.trace.append(ll)
+                        restart.n_iter = it + 1
+                        change = (ll - prev) / n_obs
+                        prev = ll
+                        bar.update(1)
+                        bar.set_postfix(log_evidence=f"{ll:.6g}")
+                        if save is not None and restart.n_iter % self.checkpoint_every == 0:
+                            write_checkpoint(run.state, save, at=f"iteration {restart.n_iter}")
+                        if self.tol > 0 and abs(change) < self.tol:
+                            restart.converged = True
+                            break
+            finally:
+                bar.close()
+            restart.log_evidence = self._checked(engine.e_step, restart.n_iter)
+            restart.posterior = engine.posterior()
+        self._keep(engine, restart, run)
+
+    def _keep(self, engine, restart: _Restart, run: _EMRun) -> None:
+        """Copy the restart's parameters (and store state) out of its scope."""
+        if run.closed:
             engine.store()
-        ckpt = Checkpoint(
+        restart.state, restart.params = snapshot_store(), store_params()
+
+    def _partial(self, engine, restart: _Restart, run: _EMRun) -> EMResult:
+        """The result of a restart that failed: its last parameters and trace so far."""
+        self._keep(engine, restart, run)
+        return self._result(restart, run, run.restarts + [restart])
+
+    def _checkpoint(self, engine, restart: _Restart, run: _EMRun) -> Checkpoint:
+        """The checkpoint of the restart in progress (and of the finished ones)."""
+        if run.closed:
+            engine.store()
+        return Checkpoint(
             kind="em",
-            config=dict(self.config, seed=run.seed - run.init),
+            config=dict(self.config, seed=restart.seed - restart.init),
             family="em",
-            fingerprint=self._meta["fingerprint"],
-            step=run.n_iter,
-            trace=list(run.trace),
+            fingerprint=run.meta["fingerprint"],
+            step=restart.n_iter,
+            trace=list(restart.trace),
             param_state=snapshot_store(),
             optim_state=None,
             optim_param_names=[],
             schedule={
-                "init": run.init,
-                "engine_params": dict(engine.params) if closed else None,
-                "runs": [dict(vars(r)) for r in done],
+                "init": restart.init,
+                "engine_params": dict(engine.params) if run.closed else None,
+                "runs": [dict(vars(r)) for r in run.restarts],
             },
             rng_state=torch.get_rng_state(),
         )
-        try:
-            save_checkpoint(self.checkpoint, ckpt)
-        except Exception as err:
-            warn(
-                f"could not write checkpoint {self.checkpoint!r} at iteration {run.n_iter} "
-                f"({type(err).__name__}: {err}); EM goes on and the previous checkpoint, if "
-                "any, is intact",
-                CheckpointWarning,
-            )
 
     @staticmethod
-    def _restore(engine, run: _Run, ckpt: Checkpoint, closed: bool) -> None:
+    def _restore(engine, restart: _Restart, ckpt: Checkpoint, closed: bool) -> None:
         """Continue a restart from a checkpoint: its parameters, trace and iteration."""
         if closed:
             engine.params = dict(ckpt.schedule["engine_params"])
         else:
-            store = pyro.get_param_store()
-            with torch.no_grad():
-                for name, value in ckpt.param_state["params"].items():
-                    if name not in store:
-                        raise CheckpointError(
-                            f"the checkpoint holds parameter {name!r}, which this model does "
-                            "not create; resume with the model it was written for"
-                        )
-                    store[name].unconstrained().copy_(value)
-        run.trace = list(ckpt.trace)
-        run.n_iter = ckpt.step
-        torch.set_rng_state(ckpt.rng_state)
+            load_params(ckpt.param_state["params"], owner="model")
+        restart.trace = list(ckpt.trace)
+        restart.n_iter = ckpt.step
+        load_rng(ckpt, torch.device("cpu"))
 
     @staticmethod
     def _checked(step: Callable, it: int):
@@ -378,29 +403,30 @@ class EM:
             )
         return out
 
-    def _result(self, run: _Run, meta: dict, args, kwargs, device, start, runs) -> EMResult:
-        params = run.params if run.params is not None else {}
-        final = run.log_evidence if math.isfinite(run.log_evidence) else (
-            run.trace[-1] if run.trace else -math.inf)
+    def _result(self, restart: _Restart, run: _EMRun, restarts: list) -> EMResult:
+        params = restart.params if restart.params is not None else {}
+        final = restart.log_evidence if math.isfinite(restart.log_evidence) else (
+            restart.trace[-1] if restart.trace else -math.inf)
+        meta = run.meta
         return EMResult(
             model=self.model,
-            args=tuple(args),
-            kwargs=dict(kwargs),
-            param_state=run.state or {"params": {}, "constraints": {}},
-            device=device,
-            seed=run.seed,
+            args=tuple(run.args),
+            kwargs=dict(run.kwargs),
+            param_state=restart.state or {"params": {}, "constraints": {}},
+            device=run.state.device,
+            seed=restart.seed,
             params=params,
-            log_evidence_trace=np.asarray(run.trace, dtype=np.float64),
+            log_evidence_trace=np.asarray(restart.trace, dtype=np.float64),
             log_evidence=float(final),
-            converged=run.converged,
-            n_iter=run.n_iter,
-            best_init=run.init,
-            wall_time=time.perf_counter() - start,
+            converged=restart.converged,
+            n_iter=restart.n_iter,
+            best_init=restart.init,
+            wall_time=run.state.wall_time(),
             family="em",
             max_plate_nesting=int(meta["mpn"]),
             latent_sites=tuple(meta["latent"]),
-            posterior=run.posterior,
+            posterior=restart.posterior,
             n_obs=int(meta["n_obs"]),
             m_step="closed_form" if meta["kind"] == "closed_form" else "generic",
-            log_evidence_inits=tuple(r.log_evidence for r in runs),
+            log_evidence_inits=tuple(r.log_evidence for r in restarts),
         )

@@ -7,11 +7,15 @@ Pyro's HMC potential machinery), the ELBO of a family is plain tensor math
 single traced and compiled graph (:mod:`pyrovi.fast.step`).  The fitted values are written
 back into the autoguide's parameters, so results behave exactly as after Pyro's SVI.
 
-The driver hooks are :func:`compiled_unsupported` and :func:`train_compiled`
-(:mod:`pyrovi.fast.train`).  Set ``PYROVI_COMPILE=0`` to run the traced step without
+It is a backend of :class:`pyrovi.VI` that takes values and returns values
+(:mod:`pyrovi.fast.backend`): :func:`plan` ``-> Plan | reason`` and :func:`train`
+``-> Outcome`` (:class:`Settings`, :class:`Outcome` and :class:`NonFinite` live in
+:mod:`pyrovi._steps`, shared with the SVI loop).  It imports nothing from
+:mod:`pyrovi.vi`.  Set ``PYROVI_COMPILE=0`` to run the traced step without
 ``torch.compile`` (same math, no compilation time).
 """
 
-from pyrovi.fast.train import compiled_unsupported, train_compiled
+from pyrovi._steps import NonFinite, Outcome, Settings
+from pyrovi.fast.backend import Plan, plan, run_steps, train
 
-__all__ = ["compiled_unsupported", "train_compiled"]
+__all__ = ["Plan", "plan", "train", "run_steps", "Settings", "Outcome", "NonFinite"]

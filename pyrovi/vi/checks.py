@@ -10,13 +10,13 @@ import inspect
 import weakref
 from collections.abc import Callable, Mapping
 
-import pyro
 import pyro.poutine as poutine
 import torch
 from torch.distributions import constraints
 
 from pyrovi._model import ModelInfo, check_observed_finite, model_name
 from pyrovi._runtime import warn
+from pyrovi._steps import nonfinite_site  # re-exported: it lives below both VI backends
 from pyrovi.errors import ModelError, ModelWarning
 from pyrovi.guides import GuideSpec
 
@@ -163,28 +163,3 @@ def check_user_guide(
                 site=name,
             )
     return enumerated
-
-
-def nonfinite_site(model: Callable, guide: Callable, args: tuple, kwargs: Mapping) -> str | None:
-    """The first parameter, guide site or model site that is not finite at the current
-    parameters; None if none is found (the search is best effort)."""
-    store = pyro.get_param_store()
-    for name in store.keys():
-        if not bool(torch.isfinite(store[name]).all()):
-            return f"parameter {name!r}"
-    try:
-        with torch.no_grad():
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                *args, **kwargs
-            )
-    except Exception:
-        return None
-    for trace, who in ((guide_trace, "guide"), (model_trace, "model")):
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample":
-                continue
-            lp = site["fn"].log_prob(site["value"])
-            if not bool(torch.isfinite(lp).all()):
-                return f"{who} site {name!r}"
-    return None

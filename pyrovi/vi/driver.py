@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import time
 from collections.abc import Callable
 
 import pyro
@@ -17,6 +16,7 @@ import torch
 from pyro.infer import config_enumerate
 
 from pyrovi._model import inspect_model, model_name
+from pyrovi._run import RunState
 from pyrovi._runtime import (
     check_positive,
     fit_context,
@@ -54,6 +54,9 @@ def _check_optim(optim) -> None:
 
 class VI:
     """Variational inference for a Pyro model with a guide family chosen by one argument.
+
+    The object holds the configuration only: each :meth:`run` makes its own state, so
+    running it twice gives two independent fits.
 
     Parameters
     ----------
@@ -221,7 +224,7 @@ class VI:
         args = move_to_device(args, device)
         kwargs = move_to_device(kwargs, device)
         seed = resolve_seed(self.seed)
-        start = time.perf_counter()
+        run = RunState(seed=seed, device=device, checkpoint=self.checkpoint)
         with fit_context(seed, device):
             info = inspect_model(self.model, args, kwargs)
             spec: GuideSpec = self.guide_spec
@@ -239,7 +242,6 @@ class VI:
                 config_enumerate(self.model, default="parallel") if enumerated else self.model
             )
             guide = build_guide(spec, self.model, hide=enumerated)
-            notes: list[str] = []
             vectorize = self.vectorize_particles
             if vectorize:
                 problem = vectorization_problem(model, guide, args, kwargs, info, 3)
@@ -252,7 +254,7 @@ class VI:
                         "that it broadcasts over leading batch dimensions (e.g. "
                         "`(X * w).sum(-1)` instead of `X @ w`)"
                     )
-                    notes.append(note)
+                    run.notes.append(note)
                     warn(note, FallbackWarning)
             fit = Fit(
                 vi=self,
@@ -263,10 +265,7 @@ class VI:
                 info=info,
                 enumerated=tuple(enumerated),
                 vectorize=vectorize,
-                seed=seed,
-                device=device,
-                start=start,
-                notes=notes,
+                run=run,
                 resume_from=self._resume[0] if self._resume else None,
             )
             return fit.train()

@@ -132,6 +132,60 @@ def test_nonfinite_stops_like_svi():
     assert result.num_skipped == ref.result.num_skipped == 4  # max_skips=3, then stop
 
 
+def test_ctrl_c_on_the_compiled_path_returns_the_result_so_far(monkeypatch):
+    """Ctrl-C between two windows: the steps done are kept, the fit is marked and warned
+    about by the driver; a second run of the same VI object is a full, independent run."""
+    import pyrovi.fast.backend as compiled
+
+    calls = {"n": 0}
+    run_steps = compiled.run_steps
+
+    def interrupted(state, step, n):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        run_steps(state, step, n)
+
+    monkeypatch.setattr(compiled, "run_steps", interrupted)
+    vi = pyrovi.VI(linear_regression, "meanfield", backend="compiled", seed=0,
+                   **dict(FAST, num_steps=300))
+    args = data("linear_regression")
+    with pytest.warns(pyrovi.InterruptedFitWarning, match=r"interrupted after 100 steps"):
+        first = vi.run(*args)
+    assert first.backend == "compiled" and first.interrupted and first.num_steps == 100
+    assert np.isfinite(first.elbo_trace).all() and np.isfinite(first.elbo)
+    assert "interrupted (Ctrl-C) after 100 steps" in first.notes
+    second = vi.run(*args)
+    assert not second.interrupted and second.num_steps > 100
+    np.testing.assert_array_equal(second.elbo_trace[:100], first.elbo_trace)
+
+
+def test_plan_refuses_in_plain_words_and_train_returns_values():
+    """The backend's own interface: a reason instead of a plan; an Outcome from train."""
+    import pyro.infer.autoguide as autoguide
+
+    from pyrovi._model import inspect_model
+    from pyrovi._runtime import fit_context
+    from pyrovi._steps import Outcome, PlateauRule, Settings
+
+    x = torch.tensor([0.5, 1.0, 1.5])
+    settings = Settings(num_steps=100, lr=0.05, window=50, rule=PlateauRule(window=50),
+                        num_particles=4, clip_norm=None, max_skips=3)
+    with fit_context(0, torch.device("cpu")):
+        info = inspect_model(_normal, (x,), {})
+        guide = autoguide.AutoNormal(_normal)
+        reason = pyrovi.fast.plan(_normal, guide, (x,), {}, info, family="laplace",
+                                  settings=settings)
+        assert isinstance(reason, str) and "laplace" in reason
+        found = pyrovi.fast.plan(_normal, guide, (x,), {}, info, family="meanfield",
+                                 settings=settings)
+        assert isinstance(found, pyrovi.fast.Plan)
+        outcome = pyrovi.fast.train(found, settings)
+    assert isinstance(outcome, Outcome)
+    assert len(outcome.trace) == 100 and not outcome.interrupted and outcome.nonfinite is None
+    assert np.isfinite(outcome.trace).all() and outcome.num_skipped == 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_compiled_agrees_with_cpu():
     cpu = fit("logistic_regression", "meanfield", "compiled", seed=0)

@@ -12,7 +12,7 @@ import warnings
 import torch
 
 import pyrovi
-import pyrovi.vi.fit as fit_module
+import pyrovi._run as run_module
 from tests.vi import models
 
 
@@ -24,13 +24,13 @@ def main(mode: str, path: str, out: str) -> None:
         result = pyrovi.resume(path).run(X, y)
     else:
         if mode == "killed":
-            save = fit_module.save_checkpoint
+            save = run_module.save_checkpoint
 
             def save_then_die(*args, **kwargs):
                 save(*args, **kwargs)
                 os._exit(17)  # a hard kill: no clean-up, no result
 
-            fit_module.save_checkpoint = save_then_die
+            run_module.save_checkpoint = save_then_die
         vi = pyrovi.VI(
             models.regression, "fullrank", seed=3, num_steps=300, progress=False,
             checkpoint=path, checkpoint_every=100,

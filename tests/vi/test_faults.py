@@ -1,6 +1,7 @@
 """Fault injection: a NaN, an exception or Ctrl-C at step k; and the silent Pyro cases."""
 
 import math
+import warnings
 
 import numpy as np
 import pyro
@@ -86,6 +87,34 @@ def test_ctrl_c_returns_the_result_so_far(tmp_path):
     assert result.interrupted and not result.converged
     assert result.num_steps == 40
     assert math.isfinite(result.elbo)
+
+
+def test_a_second_run_after_ctrl_c_is_a_full_independent_run():
+    """The VI object holds configuration only: an interrupted run leaves nothing behind."""
+    y = models.normal_normal_data()
+    vi = pyrovi.VI(faulty(KeyboardInterrupt(), 40), **FAST)
+    with pytest.warns(InterruptedFitWarning, match=r"interrupted after 40 steps"):
+        first = vi.run(y)
+    assert first.interrupted and first.num_steps == 40
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InterruptedFitWarning)
+        second = vi.run(y)  # the model's fault lies behind it now
+    assert not second.interrupted and second.num_steps == 200
+    assert not [n for n in second.notes if "interrupted" in n]
+    reference = pyrovi.VI(models.normal_normal, **FAST).run(y)
+    np.testing.assert_array_equal(second.elbo_trace, reference.elbo_trace)
+
+
+def test_ctrl_c_with_a_checkpoint_writes_it_and_says_so(tmp_path):
+    y = models.normal_normal_data()
+    path = tmp_path / "fit.ckpt"
+    model = faulty(KeyboardInterrupt(), 40)
+    with pytest.warns(InterruptedFitWarning, match=r"after 40 steps.*checkpoint .* written"):
+        result = pyrovi.VI(model, checkpoint=path, checkpoint_every=1000, **FAST).run(y)
+    assert result.interrupted
+    resumed = pyrovi.resume(path, model=models.normal_normal).run(y)
+    assert resumed.num_steps == 200 and not resumed.interrupted
+    np.testing.assert_array_equal(resumed.elbo_trace[:40], result.elbo_trace)
 
 
 # ------------------------------------------------------------- silent cases of Pyro

@@ -1,0 +1,246 @@
+"""The compiled path as a VI backend: values in, values out.
+
+:func:`plan` decides whether the compiled path can take a model and guide and, when it can,
+builds everything the loop needs (a :class:`Plan`); otherwise it returns the reason in plain
+words (the driver then falls back to Pyro's SVI and records it).  It traces the model, so a
+model that cannot be traced is refused here and never fails later.  :func:`train` runs the
+loop with the step-size schedule and convergence rule of the SVI loop
+(:class:`pyrovi._steps.PlateauRule`) and returns an :class:`~pyrovi._steps.Outcome`; the
+fitted values are left in the guide's parameters.  Neither reaches back into the driver:
+what the driver does with an interruption or a non-finite stop is its own policy.
+
+Only what the progress bar and the convergence rule need crosses to the host: the ELBO
+values of a window, once per window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import torch
+from tqdm.auto import tqdm
+
+from pyrovi._model import ModelInfo
+from pyrovi._steps import NonFinite, Outcome, PlateauState, Settings, window_mean
+from pyrovi.fast.families import FAMILIES
+from pyrovi.fast.params import GuideParams, guide_params
+from pyrovi.fast.potential import (
+    TraceError,
+    build_potential,
+    layout_from_trace,
+    trace_log_density,
+)
+from pyrovi.fast.step import Stepper, StepState, make_neg_elbo, new_state
+
+__all__ = ["Plan", "plan", "train", "run_steps"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What :func:`plan` found and built, for :func:`train`.
+
+    Attributes
+    ----------
+    params : GuideParams
+        The guide's parameters as one flat vector (written back by :func:`train`).
+    log_density : torch.fx.GraphModule
+        The model's flat log-density, traced (with the Jacobians for the Gaussian families,
+        without them for ``delta``, whose MAP is in the constrained space as in AutoDelta).
+    state : StepState
+        The optimizer state, starting at the guide's initial parameters.
+    step : Stepper
+        The traced (and, by policy, compiled) step over ``state``.
+    """
+
+    params: GuideParams
+    log_density: torch.fx.GraphModule
+    state: StepState
+    step: Stepper
+
+
+def _cheap_reason(
+    family: str, info: ModelInfo, *, optim: object, enumerated: tuple, vectorize: bool
+) -> str | None:
+    """Refusals that need no model run."""
+    if family not in FAMILIES:
+        what = {
+            "laplace": "the 'laplace' family (its Hessian step runs through Pyro)",
+            "autoguide": "an AutoGuide class or instance given by the user",
+            "custom": "a user-written guide function",
+        }.get(family, f"the guide family {family!r}")
+        return f"the compiled path covers meanfield, lowrank, fullrank and delta, not {what}"
+    if optim is not None:
+        return "a custom optimizer (optim=...) was given; the compiled path uses its own Adam"
+    if enumerated or info.discrete or info.infinite_discrete:
+        sites = list(enumerated or info.discrete or info.infinite_discrete)
+        return f"the model has discrete latent sites {sites}"
+    if info.subsampled:
+        return "the model subsamples data through a plate"
+    if not vectorize:
+        return "the model does not broadcast over a particle dimension"
+    params = [n for n, s in info.trace.nodes.items() if s["type"] == "param"]
+    if params:
+        return f"the model has learnable parameters (pyro.param sites {params})"
+    if not info.latent:
+        return "the model has no latent sites"
+    return None
+
+
+def _build(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: Mapping,
+    info: ModelInfo,
+    family: str,
+    settings: Settings,
+) -> Plan | str:
+    """Trace the model and the step; a reason instead when either cannot be traced."""
+    with torch.no_grad():
+        guide(*args, **kwargs)  # creates the guide's parameters, as SVI's first step would
+    layout = layout_from_trace(guide.prototype_trace)
+    try:
+        params = guide_params(family, guide, layout)
+    except ValueError as err:
+        return str(err)
+    try:
+        potential = build_potential(
+            model, args, kwargs, layout, info.max_plate_nesting, reference=info.trace
+        )
+        u0 = params.constrained(params.read()).loc.detach()
+        graph = trace_log_density(potential, u0, jacobian=family != "delta")
+    except TraceError as err:
+        return str(err)
+    state = new_state(
+        params,
+        lr=settings.lr,
+        clip_norm=settings.clip_norm,
+        max_skips=settings.max_skips,
+        num_particles=settings.num_particles,
+        window=settings.window,
+    )
+    try:
+        step = Stepper(make_neg_elbo(params, graph), state)
+    except Exception as err:  # an op without a batching or autodiff rule, say
+        return f"the ELBO step could not be traced ({type(err).__name__}: {err})"
+    return Plan(params, graph, state, step)
+
+
+def plan(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: Mapping,
+    info: ModelInfo,
+    *,
+    family: str,
+    settings: Settings,
+    optim: object = None,
+    enumerated: tuple = (),
+    vectorize: bool = True,
+) -> Plan | str:
+    """A :class:`Plan` to fit ``guide`` to ``model`` on the compiled path, or why it cannot.
+
+    Parameters
+    ----------
+    model, guide : callable
+        The model (enumeration configured) and the autoguide to fit.
+    args, kwargs : tuple, mapping
+        The model's arguments.
+    info : ModelInfo
+        The model's prototype trace and its sites.
+    family : str
+        The guide family (``"meanfield"``, ``"lowrank"``, ``"fullrank"``, ``"delta"``).
+    settings : Settings
+        The training settings (step size, clipping, particles, window).
+    optim : optional
+        The user's optimizer; the compiled path refuses any (it has its own Adam).
+    enumerated : tuple of str
+        Discrete sites summed out by enumeration (refused).
+    vectorize : bool
+        Whether the model broadcasts over a particle dimension (required).
+
+    Returns
+    -------
+    Plan or str
+        The plan, or a short plain-words reason why the compiled path cannot take the fit.
+
+    Notes
+    -----
+    Creates the guide's parameters in the active Pyro parameter store (running the guide
+    once, as SVI's first step would), and traces the model.
+    """
+    reason = _cheap_reason(
+        family, info, optim=optim, enumerated=tuple(enumerated), vectorize=vectorize
+    )
+    if reason is not None:
+        return reason
+    try:
+        return _build(model, guide, args, kwargs, info, family, settings)
+    except Exception as err:  # anything unforeseen: SVI can still fit this model
+        return f"the compiled path could not be set up ({type(err).__name__}: {err})"
+
+
+def run_steps(state: StepState, step: Stepper, n: int) -> None:
+    """Take ``n`` steps: refill the noise, step; nothing crosses to the host."""
+    fill = state.eps.normal_ if state.eps.numel() else None
+    for _ in range(n):
+        if fill is not None:
+            fill()
+        step()
+
+
+def train(plan: Plan, settings: Settings) -> Outcome:
+    """Train with the compiled step of ``plan``; return how it ended.
+
+    Steps whose ELBO or gradient is not finite are skipped and recorded as NaN; more than
+    ``settings.max_skips`` of them in a row stop training (``Outcome.nonfinite``), as in
+    the SVI loop.  Ctrl-C stops it too (``Outcome.interrupted``).  Whatever the ending, the
+    guide's parameters in the store hold the fitted values on return: after the last step,
+    or after the last finite one.
+    """
+    params, state, step = plan.params, plan.state, plan.step
+    window = settings.window
+    trace: list[float] = []
+    plateau = PlateauState()
+    interrupted = False
+    nonfinite: NonFinite | None = None
+    bar = tqdm(total=settings.num_steps, disable=not settings.progress, desc="VI", leave=False)
+    try:
+        while len(trace) < settings.num_steps:
+            done = len(trace)
+            n = min(window, settings.num_steps - done)
+            step.maybe_compile(done)
+            run_steps(state, step, n)
+            values = state.elbo[:n].tolist()  # the one host transfer per window
+            if bool(state.halted):
+                first = int(state.first_bad)
+                trace = trace[:first] + values[: max(first - done, 0)]
+                nonfinite = NonFinite(
+                    step=first, streak=int(state.streak), max_skips=int(state.max_skips)
+                )
+                break
+            trace.extend(values)
+            bar.update(n)
+            if n == window:
+                mean = window_mean(values)
+                plateau = settings.rule.update(plateau, mean)
+                state.lr.fill_(settings.lr * plateau.lr_scale)
+                bar.set_postfix(elbo=f"{mean:.4g}", lr=f"{settings.lr * plateau.lr_scale:.2g}")
+                if plateau.converged:
+                    break
+    except KeyboardInterrupt:
+        trace.extend(state.elbo[: int(state.count) - len(trace)].tolist())
+        interrupted = True
+    finally:
+        bar.close()
+        params.write(state.theta)  # skipped steps changed nothing: the last finite values
+    return Outcome(
+        trace=tuple(trace),
+        converged=plateau.converged,
+        interrupted=interrupted,
+        num_skipped=int(state.skipped),
+        notes=(f"compiled path: {step.note}",) if step.note else (),
+        nonfinite=nonfinite,
+    )
