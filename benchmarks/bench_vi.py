@@ -67,7 +67,7 @@ import torch  # noqa: E402
 
 import pyrovi  # noqa: E402
 import pyrovi.fast as fast  # noqa: E402
-from pyrovi.fast.train import _take_plan, run_steps  # noqa: E402
+from pyrovi.fast import Outcome, run_steps  # noqa: E402
 
 FULL_SIZES = [(1_000, 10), (100_000, 100), (1_000_000, 100)]
 FAMILIES = ("meanfield", "fullrank")
@@ -115,8 +115,7 @@ def time_pyrovi_fast(
     """Per-step time of the compiled loop; compile time reported separately."""
     out: dict = {}
 
-    def timed_train(fit):
-        plan = _take_plan(fit)
+    def timed_train(plan, settings):
         start = time.perf_counter()
         plan.step.maybe_compile(0)
         run_steps(plan.state, plan.step, 1)
@@ -128,17 +127,17 @@ def time_pyrovi_fast(
             lambda n: run_steps(plan.state, plan.step, n), steps, repeats
         )
         plan.params.write(plan.state.theta)
-        return [float(x) for x in plan.state.elbo[:1].tolist()], False
+        return Outcome(trace=tuple(plan.state.elbo[:1].tolist()), converged=False)
 
-    saved_train, saved_env = fast.train_compiled, os.environ.get("PYROVI_COMPILE")
-    fast.train_compiled = timed_train
+    saved_train, saved_env = fast.train, os.environ.get("PYROVI_COMPILE")
+    fast.train = timed_train
     os.environ["PYROVI_COMPILE"] = "always"
     try:
         vi = pyrovi.VI(model, family, backend="compiled", num_particles=particles,
                        progress=False, seed=0, elbo_particles=2, num_steps=1)
         result = vi.run(*args)
     finally:
-        fast.train_compiled = saved_train
+        fast.train = saved_train
         if saved_env is None:
             os.environ.pop("PYROVI_COMPILE", None)
         else:

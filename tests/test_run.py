@@ -118,8 +118,6 @@ def test_every_error_and_warning_is_exported_from_pyrovi():
     assert issubclass(pyrovi.IntractableError, pyrovi.ModelError)
 
 
-@pytest.mark.xfail(reason="pyrovi.diagnostics.evidence still defines its own class; it should "
-                   "import IntractableError from pyrovi.errors", strict=False)
 def test_diagnostics_raise_the_exported_intractable_error():
     import pyrovi.diagnostics
 

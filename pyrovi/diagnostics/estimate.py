@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from pyrovi.errors import ModelError
+from pyrovi.errors import IntractableError
 
 __all__ = ["Estimate", "IntractableError"]
-
-
-class IntractableError(ModelError):
-    """``method="exact"`` was asked of a model whose evidence has no exact form here."""
 
 
 @dataclasses.dataclass(frozen=True)

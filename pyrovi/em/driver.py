@@ -12,6 +12,7 @@ M-step; the loop, its convergence rule and the reporting follow
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -43,7 +44,13 @@ from pyrovi._runtime import (
 )
 from pyrovi.checkpoint import Checkpoint, check_checkpoint_path, check_compatible, fingerprint
 from pyrovi.em.closed_form import ClosedFormModel
-from pyrovi.em.engines import ClosedFormEngine, EnumEngine, GaussianEngine
+from pyrovi.em.engines import (
+    ClosedFormEngine,
+    EMModelInfo,
+    EnumEngine,
+    EStep,
+    GaussianEngine,
+)
 from pyrovi.em.estep import latent_kind
 from pyrovi.em.mstep import LBFGSMStep
 from pyrovi.em.result import EMResult
@@ -79,7 +86,7 @@ class _EMRun:
     """One ``EM.run`` call: the shared run state and what every restart needs."""
 
     state: RunState
-    meta: dict
+    meta: EMModelInfo
     closed: bool
     args: tuple
     kwargs: dict
@@ -219,7 +226,7 @@ class EM:
         first, ckpt = 0, None
         if self._resume is not None:
             ckpt, path = self._resume
-            check_compatible(ckpt, path, kind="em", family="em", prints=meta["fingerprint"])
+            check_compatible(ckpt, path, kind="em", family="em", prints=meta.fingerprint)
             run.restarts = [_Restart(**r) for r in ckpt.schedule["runs"]]
             first = ckpt.schedule["init"]
         for i in range(first, self.n_init):
@@ -239,7 +246,7 @@ class EM:
                 break
         best = max(run.restarts, key=lambda r: r.log_evidence)
         if not best.converged and self.tol > 0 and not run.state.interrupted:
-            change = (best.trace[-1] - best.trace[-2]) / meta["n_obs"] if len(best.trace) > 1 \
+            change = (best.trace[-1] - best.trace[-2]) / meta.num_obs if len(best.trace) > 1 \
                 else math.nan
             warn(
                 f"EM did not converge: after num_iters={self.num_iters} iterations the log "
@@ -267,9 +274,7 @@ class EM:
                     "observed site 'obs' holds non-finite value(s); expected finite data. "
                     "Remove or impute the missing values.", site="obs"
                 )
-            meta = {"n_obs": model.n_obs(data), "mpn": model.max_plate_nesting,
-                    "latent": (model.latent_site,), "kind": "closed_form",
-                    "fingerprint": {"data": tuple(getattr(x, "shape", ()))}}
+            meta = EMModelInfo.of_closed_form(model, data, x)
             return (lambda i: ClosedFormEngine(model, data)), meta
         with fit_context(seed, device):
             info = inspect_model(model, args, kwargs)
@@ -280,20 +285,15 @@ class EM:
                 f"model {model_name(model)!r} has no pyro.param site; EM fits parameters "
                 "declared with pyro.param(name, init, constraint=...)"
             )
-        n_obs = 0
-        for name in info.observed:
-            site = info.trace.nodes[name]
-            n_obs += math.prod(site["value"].shape[: site["value"].dim() - site["fn"].event_dim])
-        meta = {"n_obs": max(n_obs, 1), "mpn": info.max_plate_nesting, "latent": info.latent,
-                "kind": "generic", "fingerprint": fingerprint(info.trace)}
+        meta = EMModelInfo.of_model(info, kind, fingerprint(info.trace))
         settings = self.lbfgs
 
         def make(i: int):
             # a fresh prototype trace creates this restart's initial params in its scope
             proto = inspect_model(model, args, kwargs)
             if kind == "discrete":
-                return EnumEngine(model, proto, args, kwargs, meta["n_obs"], settings)
-            return GaussianEngine(model, proto, args, kwargs, meta["n_obs"], settings,
+                return EnumEngine(model, proto, args, kwargs, meta.num_obs, settings)
+            return GaussianEngine(model, proto, args, kwargs, meta.num_obs, settings,
                                   check=(i == 0))
 
         return make, meta
@@ -307,7 +307,7 @@ class EM:
         """
         bar = tqdm(total=self.num_iters, initial=restart.n_iter, disable=not self.progress,
                    leave=False, desc=f"EM init {restart.init + 1}/{self.n_init}")
-        n_obs = run.meta["n_obs"]
+        n_obs = run.meta.num_obs
         prev = restart.trace[-1] if restart.trace else -math.inf
         save = None if self.checkpoint is None else (
             lambda: self._checkpoint(engine, restart, run))
@@ -325,9 +325,10 @@ class EM:
                     run.state, at=lambda: f"iteration {restart.n_iter}", save=save
                 ):
                     for it in range(restart.n_iter, self.num_iters):
-                        ll = self._checked(engine.e_step, it)
+                        estep = self._checked(engine.expectation, it)
+                        ll = estep.log_evidence
                         restart.log_evidence = ll  # of the current parameters, for now
-                        self._checked(engine.m_step, it)
+                        self._checked(functools.partial(engine.maximization, estep), it)
                         restart.trace.append(ll)
                         restart.n_iter = it + 1
                         change = (ll - prev) / n_obs
@@ -341,8 +342,9 @@ class EM:
                             break
             finally:
                 bar.close()
-            restart.log_evidence = self._checked(engine.e_step, restart.n_iter)
-            restart.posterior = engine.posterior()
+            estep = self._checked(engine.expectation, restart.n_iter)
+            restart.log_evidence = estep.log_evidence
+            restart.posterior = engine.posterior(estep)
         self._keep(engine, restart, run)
 
     def _keep(self, engine, restart: _Restart, run: _EMRun) -> None:
@@ -364,7 +366,7 @@ class EM:
             kind="em",
             config=dict(self.config, seed=restart.seed - restart.init),
             family="em",
-            fingerprint=run.meta["fingerprint"],
+            fingerprint=run.meta.fingerprint,
             step=restart.n_iter,
             trace=list(restart.trace),
             param_state=snapshot_store(),
@@ -395,9 +397,10 @@ class EM:
             out = step()
         except NonFiniteError as err:
             raise NonFiniteError(str(err), step=it, site=err.site) from err
-        if out is not None and not math.isfinite(out):
+        value = out.log_evidence if isinstance(out, EStep) else out
+        if value is not None and not math.isfinite(value):
             raise NonFiniteError(
-                f"the log evidence became {out} at iteration {it}; the parameters of the "
+                f"the log evidence became {value} at iteration {it}; the parameters of the "
                 "previous iteration are kept in err.result. Check the model's parameter "
                 "constraints and scale the data.", step=it, site=None,
             )
@@ -423,10 +426,10 @@ class EM:
             best_init=restart.init,
             wall_time=run.state.wall_time(),
             family="em",
-            max_plate_nesting=int(meta["mpn"]),
-            latent_sites=tuple(meta["latent"]),
+            max_plate_nesting=meta.max_plate_nesting,
+            latent_sites=tuple(meta.latent_sites),
             posterior=restart.posterior,
-            n_obs=int(meta["n_obs"]),
-            m_step="closed_form" if meta["kind"] == "closed_form" else "generic",
+            n_obs=meta.num_obs,
+            m_step=meta.m_step,
             log_evidence_inits=tuple(r.log_evidence for r in restarts),
         )

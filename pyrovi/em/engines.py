@@ -7,9 +7,8 @@ An engine lives inside one restart's parameter scope.  Its steps pass values:
 * ``maximization(estep)``: update the parameters to maximise ``Q(theta | theta_t)``;
 * ``posterior(estep)``: the exact posterior held by an E-step.
 
-``e_step() -> float`` and ``m_step()`` are thin wrappers that keep the last E-step for the
-next M-step, for a driver that only wants the log evidence.  The driver
-(:mod:`pyrovi.em.driver`) owns the loop, convergence, restarts and reporting;
+An engine keeps no E-step of its own: the driver (:mod:`pyrovi.em.driver`) passes each
+one on, and owns the loop, convergence, restarts and reporting;
 :class:`EMModelInfo` is what it learns about the model before any work.
 """
 
@@ -139,33 +138,7 @@ class EStep:
     statistics: object
 
 
-class _Engine:
-    """The stateful wrappers of the value-passing steps."""
-
-    _last: EStep | None = None
-
-    def expectation(self) -> EStep:
-        raise NotImplementedError
-
-    def maximization(self, estep: EStep) -> None:
-        raise NotImplementedError
-
-    def e_step(self) -> float:
-        """Run :meth:`expectation`, keep it for :meth:`m_step`; return its log evidence."""
-        self._last = self.expectation()
-        return self._last.log_evidence
-
-    def m_step(self) -> None:
-        """Run :meth:`maximization` on the last :meth:`e_step`."""
-        self.maximization(self._require_last())
-
-    def _require_last(self) -> EStep:
-        if self._last is None:
-            raise RuntimeError("the engine has run no E-step yet; call e_step() first")
-        return self._last
-
-
-class ClosedFormEngine(_Engine):
+class ClosedFormEngine:
     """Closed-form E- and M-steps of a :class:`~pyrovi.em.closed_form.ClosedFormModel`.
 
     ``params`` holds the current parameters (the Pyro parameter store is written only by
@@ -186,9 +159,8 @@ class ClosedFormEngine(_Engine):
     def maximization(self, estep: EStep) -> None:
         self.params = self.model.m_step(self.data, estep.statistics)
 
-    def posterior(self, estep: EStep | None = None) -> DiscretePosterior | GaussianPosterior:
-        """The exact posterior of ``estep`` (default: the last :meth:`e_step`)."""
-        estep = estep or self._require_last()
+    def posterior(self, estep: EStep) -> DiscretePosterior | GaussianPosterior:
+        """The exact posterior held by ``estep``."""
         return self.model.posterior(self.data, estep.statistics)
 
     def store(self) -> None:
@@ -203,7 +175,7 @@ class ClosedFormEngine(_Engine):
                 pass
 
 
-class EnumEngine(_Engine):
+class EnumEngine:
     """Generic EM for finite discrete latents (Pyro enumeration + L-BFGS on ``Q``)."""
 
     def __init__(
@@ -218,10 +190,9 @@ class EnumEngine(_Engine):
         estep = enum_e_step(self.model, self.mpn, self.args, self.kwargs)
         return EStep(log_evidence=float(estep.log_evidence), statistics=estep)
 
-    def expected_log_joint(self, estep: EStep | None = None) -> torch.Tensor:
+    def expected_log_joint(self, estep: EStep) -> torch.Tensor:
         """``Q(theta | theta_t)`` at the current parameters (``theta_t``: that of ``estep``,
         default the last :meth:`e_step`)."""
-        estep = estep or self._require_last()
         return enum_expected_log_joint(self.model, self.mpn, self.args, self.kwargs,
                                        estep.statistics)
 
@@ -229,7 +200,7 @@ class EnumEngine(_Engine):
         maximize_q(lambda: self.expected_log_joint(estep), current_params(), scale=self.n_obs,
                    settings=self.settings)
 
-    def posterior(self, estep: EStep | None = None) -> DiscretePosterior:
+    def posterior(self, estep: EStep) -> DiscretePosterior:
         """The exact posterior marginals at the current parameters (those of the last
         E-step when called right after it; ``estep`` is not needed)."""
         elbo = TraceEnum_ELBO(max_plate_nesting=self.mpn)
@@ -246,7 +217,7 @@ class EnumEngine(_Engine):
         return DiscretePosterior(marginals=marginals, factorized=False)
 
 
-class GaussianEngine(_Engine):
+class GaussianEngine:
     """Generic EM for linear-Gaussian latents (Hessian E-step + L-BFGS on ``Q``).
 
     Each E-step expands the log joint at the previous posterior mean (zeros at first).
@@ -270,19 +241,18 @@ class GaussianEngine(_Engine):
         self.z = estep.mean
         return EStep(log_evidence=float(estep.log_evidence), statistics=estep)
 
-    def expected_log_joint(self, estep: EStep | None = None) -> torch.Tensor:
+    def expected_log_joint(self, estep: EStep) -> torch.Tensor:
         """``Q(theta | theta_t)`` at the current parameters (``theta_t``: that of ``estep``,
         default the last :meth:`e_step`)."""
-        estep = estep or self._require_last()
         return gaussian_expected_log_joint(self.f, estep.statistics)
 
     def maximization(self, estep: EStep) -> None:
         maximize_q(lambda: self.expected_log_joint(estep), current_params(), scale=self.n_obs,
                    settings=self.settings)
 
-    def posterior(self, estep: EStep | None = None) -> GaussianPosterior:
-        """The exact posterior of ``estep`` (default: the last :meth:`e_step`)."""
-        stats = (estep or self._require_last()).statistics
+    def posterior(self, estep: EStep) -> GaussianPosterior:
+        """The exact posterior held by ``estep``."""
+        stats = estep.statistics
         return GaussianPosterior(
             mean=stats.mean.unsqueeze(0),
             covariance=stats.covariance.unsqueeze(0),

@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from pyrovi._model import ModelInfo
 from pyrovi._steps import NonFinite, Outcome, PlateauState, Settings, window_mean
-from pyrovi.fast.families import FAMILIES
 from pyrovi.fast.params import GuideParams, guide_params
 from pyrovi.fast.potential import (
     TraceError,
@@ -32,6 +31,7 @@ from pyrovi.fast.potential import (
     trace_log_density,
 )
 from pyrovi.fast.step import Stepper, StepState, make_neg_elbo, new_state
+from pyrovi.guides import GuideSpec
 
 __all__ = ["Plan", "plan", "train", "run_steps"]
 
@@ -60,16 +60,12 @@ class Plan:
 
 
 def _cheap_reason(
-    family: str, info: ModelInfo, *, optim: object, enumerated: tuple, vectorize: bool
+    family: GuideSpec, info: ModelInfo, *, optim: object, enumerated: tuple, vectorize: bool
 ) -> str | None:
     """Refusals that need no model run."""
-    if family not in FAMILIES:
-        what = {
-            "laplace": "the 'laplace' family (its Hessian step runs through Pyro)",
-            "autoguide": "an AutoGuide class or instance given by the user",
-            "custom": "a user-written guide function",
-        }.get(family, f"the guide family {family!r}")
-        return f"the compiled path covers meanfield, lowrank, fullrank and delta, not {what}"
+    reason = family.not_compiled_reason
+    if reason is not None:
+        return reason
     if optim is not None:
         return "a custom optimizer (optim=...) was given; the compiled path uses its own Adam"
     if enumerated or info.discrete or info.infinite_discrete:
@@ -93,7 +89,7 @@ def _build(
     args: tuple,
     kwargs: Mapping,
     info: ModelInfo,
-    family: str,
+    family: GuideSpec,
     settings: Settings,
 ) -> Plan | str:
     """Trace the model and the step; a reason instead when either cannot be traced."""
@@ -101,7 +97,7 @@ def _build(
         guide(*args, **kwargs)  # creates the guide's parameters, as SVI's first step would
     layout = layout_from_trace(guide.prototype_trace)
     try:
-        params = guide_params(family, guide, layout)
+        params = guide_params(family.record, guide, layout)
     except ValueError as err:
         return str(err)
     try:
@@ -109,7 +105,7 @@ def _build(
             model, args, kwargs, layout, info.max_plate_nesting, reference=info.trace
         )
         u0 = params.constrained(params.read()).loc.detach()
-        graph = trace_log_density(potential, u0, jacobian=family != "delta")
+        graph = trace_log_density(potential, u0, jacobian=params.family.jacobian)
     except TraceError as err:
         return str(err)
     state = new_state(
@@ -134,7 +130,7 @@ def plan(
     kwargs: Mapping,
     info: ModelInfo,
     *,
-    family: str,
+    family: GuideSpec,
     settings: Settings,
     optim: object = None,
     enumerated: tuple = (),
@@ -150,8 +146,9 @@ def plan(
         The model's arguments.
     info : ModelInfo
         The model's prototype trace and its sites.
-    family : str
-        The guide family (``"meanfield"``, ``"lowrank"``, ``"fullrank"``, ``"delta"``).
+    family : GuideSpec
+        The parsed guide argument; its family record says whether the compiled path takes
+        it (``meanfield``, ``lowrank``, ``fullrank``, ``delta``) and supplies the math.
     settings : Settings
         The training settings (step size, clipping, particles, window).
     optim : optional

@@ -12,9 +12,10 @@ from collections.abc import Callable, Mapping
 
 import pyro.poutine as poutine
 import torch
-from torch.distributions import constraints
 
+from pyrovi._exact import is_real_support
 from pyrovi._model import ModelInfo, check_observed_finite, model_name
+from pyrovi._plates import is_traced_sample
 from pyrovi._runtime import warn
 from pyrovi._steps import nonfinite_site  # re-exported: it lives below both VI backends
 from pyrovi.errors import ModelError, ModelWarning
@@ -82,16 +83,6 @@ def check_model(
         )
 
 
-def _base_constraint(c):
-    while hasattr(c, "base_constraint"):
-        c = c.base_constraint
-    return c
-
-
-def _is_real(c) -> bool:
-    return isinstance(_base_constraint(c), type(constraints.real))
-
-
 def check_user_guide(
     guide: Callable, info: ModelInfo, args: tuple, kwargs: Mapping
 ) -> tuple[str, ...]:
@@ -114,10 +105,9 @@ def check_user_guide(
     sites = {
         name: site
         for name, site in trace.nodes.items()
-        if site["type"] == "sample"
+        if is_traced_sample(site)
         and not site["is_observed"]
         and not site["infer"].get("is_auxiliary", False)
-        and type(site["fn"]).__name__ != "_Subsample"
     }
     extra = [n for n in sites if n not in info.latent]
     if extra:
@@ -153,7 +143,7 @@ def check_user_guide(
         guide_support = site["fn"].support
         model_support = model_fn.support
         outside = not bool(model_support.check(site["value"]).all())
-        if outside or (_is_real(guide_support) and not _is_real(model_support)):
+        if outside or (is_real_support(guide_support) and not is_real_support(model_support)):
             raise ModelError(
                 f"site {name!r}: guide {gname!r} samples from {type(site['fn']).__name__} with "
                 f"support {guide_support}, but the model's {type(model_fn).__name__} has "

@@ -185,7 +185,7 @@ class VI:
         if isinstance(max_skips, bool) or not isinstance(max_skips, int) or max_skips < 0:
             raise ValueError(f"max_skips must be an int >= 0, got {max_skips!r}")
         self.max_skips = max_skips
-        custom = self.guide_spec.family in ("custom", "autoguide")
+        custom = self.guide_spec.is_user_guide
         self.checkpoint = check_checkpoint_path(checkpoint, model, guide if custom else None)
         self._resume: tuple[Checkpoint, str] | None = None
 
@@ -234,7 +234,7 @@ class VI:
                 check_compatible(
                     ckpt, path, kind="vi", family=spec.name, prints=fingerprint(info.trace)
                 )
-            if spec.family == "custom":
+            if spec.is_custom:
                 enumerated = check_user_guide(spec.obj, info, args, kwargs)
             else:
                 enumerated = info.discrete

@@ -119,12 +119,8 @@ class Fit:
         elbo = se = float("nan")
         particles = 0
         if final:
-            if vi.guide_spec.family == "laplace":
-                guide = guide.laplace_approximation(*self.args, **self.kwargs)
-                params["laplace.loc"] = guide.loc.detach().clone()
-                params["laplace.scale_tril"] = (
-                    (guide.scale[:, None] * guide.scale_tril).detach().clone()
-                )
+            guide, extra = vi.guide_spec.finalize(guide, self.args, self.kwargs)
+            params.update(extra)
             est = estimate_elbo(
                 self.model,
                 guide,
@@ -190,7 +186,7 @@ class Fit:
             self.args,
             self.kwargs,
             self.info,
-            family=self.vi.guide_spec.family,
+            family=self.vi.guide_spec,
             settings=settings,
             optim=self.vi.optim,
             enumerated=self.enumerated,

@@ -12,17 +12,14 @@ import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 
 from pyrovi._model import ModelInfo
+from pyrovi._plates import draw_plate, is_traced_sample
 
 __all__ = ["make_elbo", "vectorization_problem", "estimate_elbo", "ELBOEstimate"]
-
-PARTICLE_PLATE = "num_particles_vectorized"
-
 
 def make_elbo(
     num_particles: int, *, vectorize: bool, max_plate_nesting: int, enumerate: bool
@@ -73,7 +70,7 @@ def vectorization_problem(
     the case this check exists for.
     """
     nesting = info.max_plate_nesting + 1
-    plate = pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting)
+    plate = draw_plate(num_particles, info.max_plate_nesting)  # where Pyro puts particles
     try:
         with torch.no_grad(), poutine.trace() as guide_capture, plate:
             guide(*args, **kwargs)
@@ -83,7 +80,7 @@ def vectorization_problem(
         model_trace = model_capture.trace
         for trace, who in ((guide_trace, "guide"), (model_trace, "model")):
             for name, site in trace.nodes.items():
-                if site["type"] != "sample" or type(site["fn"]).__name__ == "_Subsample":
+                if not is_traced_sample(site):
                     continue
                 log_prob = site["fn"].log_prob(site["value"])
                 problem = _allowed_shape_problem(site, log_prob.shape, nesting)

@@ -81,44 +81,26 @@ def test_closed_form_steps_pass_values(blobs):
 
 
 @pytest.mark.parametrize("generic", ["enum", "gaussian"])
-def test_wrappers_equal_the_value_steps(generic):
-    """e_step()/m_step() keep the last E-step; expectation()/maximization() pass it."""
-
-    def run(use_values):
-        with pyro.get_param_store().scope():
-            if generic == "enum":
-                args = (X_MIX,)
-                info = inspect_model(mixture, args, {})
-                engine = EnumEngine(mixture, info, args, {}, 5, LBFGSMStep())
-            else:
-                args = _blr_data()
-                info = inspect_model(blr, args, {})
-                engine = GaussianEngine(blr, info, args, {}, 30, LBFGSMStep(), check=True)
-            trace = []
-            for _ in range(3):
-                if use_values:
-                    estep = engine.expectation()
-                    trace.append(estep.log_evidence)
-                    engine.maximization(estep)
-                else:
-                    trace.append(engine.e_step())
-                    engine.m_step()
-            return trace, engine
-
-    values, engine = run(True)
-    wrapped, _ = run(False)
-    assert values == wrapped
-    assert all(b >= a - 1e-9 * abs(a) for a, b in zip(values, values[1:], strict=False))
-    estep = engine.expectation()
+def test_value_steps_raise_the_evidence_and_carry_their_statistics(generic):
+    """expectation() returns the E-step as a value; maximization(estep) takes it."""
+    with pyro.get_param_store().scope():
+        if generic == "enum":
+            args = (X_MIX,)
+            info = inspect_model(mixture, args, {})
+            engine = EnumEngine(mixture, info, args, {}, 5, LBFGSMStep())
+        else:
+            args = _blr_data()
+            info = inspect_model(blr, args, {})
+            engine = GaussianEngine(blr, info, args, {}, 30, LBFGSMStep(), check=True)
+        values = []
+        for _ in range(3):
+            estep = engine.expectation()
+            values.append(estep.log_evidence)
+            engine.maximization(estep)
+        assert all(b >= a - 1e-9 * abs(a) for a, b in zip(values, values[1:], strict=False))
+        estep = engine.expectation()
+        again = engine.expectation()  # no hidden state: the same parameters, the same E-step
+    assert again.log_evidence == estep.log_evidence
     kind = EnumEStep if generic == "enum" else GaussianEStep
     assert isinstance(estep.statistics, kind)
     assert float(estep.statistics.log_evidence) == estep.log_evidence
-
-
-def test_m_step_before_e_step_is_refused():
-    args = _blr_data()
-    with pyro.get_param_store().scope():
-        info = inspect_model(blr, args, {})
-        engine = GaussianEngine(blr, info, args, {}, 30, LBFGSMStep(), check=False)
-        with pytest.raises(RuntimeError, match=r"no E-step yet; call e_step\(\) first"):
-            engine.m_step()
