@@ -147,7 +147,7 @@ def test_verdict_combines_khat_bounds_and_gap():
 def test_meanfield_fit_of_linear_regression_errors_are_within_the_bounds():
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(30, 1, generator=gen, dtype=F64)
-    X = torch.cat([base, base + 0.5 * torch.randn(30, 1, generator=gen, dtype=F64),
+    X = torch.cat([base, base + 1.5 * torch.randn(30, 1, generator=gen, dtype=F64),
                    torch.randn(30, 1, generator=gen, dtype=F64)], -1)  # two correlated columns
     y = X @ torch.tensor([1.0, -0.5, 0.3], dtype=F64) + 0.7 * torch.randn(30, generator=gen,
                                                                            dtype=F64)
@@ -159,14 +159,29 @@ def test_meanfield_fit_of_linear_regression_errors_are_within_the_bounds():
     post_mean, post_sd = cov @ X.T @ y / 0.49, cov.diagonal().sqrt()
     eb = error_bounds(fit, num_particles=20_000, seed=0, log_evidence=exact)
     s = eb.sites["w"]
-    assert eb.lower_source == "exact" and s.gaussian and eb.reliable
+    assert eb.lower_source == "exact" and s.gaussian
     true_mean = (s.q_mean - post_mean).abs()
     true_sd = (s.q_sd - post_sd).abs()
+    print(f"k-hat {eb.khat:.2f}, D_2 <= {eb.d2:.3f}")
     print("mean error", true_mean.tolist(), "bound", s.mean_error.tolist())
     print("sd error", true_sd.tolist(), "bound", s.sd_error.tolist())
     assert bool((true_mean <= s.mean_error).all())
     assert bool((true_sd <= s.sd_error).all())
-    assert float(s.sd_error.max()) <= 10 * float(true_sd.max())
-    # meanfield understates the sd of correlated coefficients: sds not trusted, next fullrank
+    # meanfield is too narrow here (k-hat ~0.6): bounds not reliable, next step fullrank
     v = assess(fit, log_evidence=exact, num_particles=5000, seed=0)
     assert v.sds is False and "fullrank" in v.next_step
+
+
+def test_fullrank_fit_bounds_hold_and_are_reliable(fullrank, data, exact):
+    """The suite's shared fullrank fit of a 3-coefficient regression (noise 0.5)."""
+    X, y = data
+    cov = torch.linalg.inv(X.T @ X / 0.25 + torch.eye(3, dtype=F64))
+    post_mean, post_sd = cov @ X.T @ y / 0.25, cov.diagonal().sqrt()
+    eb = error_bounds(fullrank, num_particles=5000, seed=0, log_evidence=exact)
+    s = eb.sites["w"]
+    assert eb.reliable and eb.lower_source == "exact"
+    assert bool(((s.q_mean - post_mean).abs() <= s.mean_error).all())
+    assert bool(((s.q_sd - post_sd).abs() <= s.sd_error).all())
+    assert eb.max_relative_mean_error() < 0.5 and eb.max_relative_sd_error() < 0.5
+    v = assess(fullrank, log_evidence=exact, num_particles=5000, seed=0)
+    assert v.khat < 0.5 and v.gap_lower == v.gap_upper
