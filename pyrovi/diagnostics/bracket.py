@@ -72,11 +72,12 @@ class Bracket:
     Attributes
     ----------
     lower, lower_se : float
-        Forward AIS: :math:`\log \frac1C \sum_c w_c` pooled over runs, and its standard error
-        over the independent runs.
+        Forward AIS: :math:`\log \frac1C \sum_c w_c` over all chains, and its standard
+        error (the larger of the delta-method errors over the chains and over the runs).
     upper, upper_se : float
-        Reverse AIS: :math:`-\log \frac1C \sum_c w^{\mathrm{rev}}_c` pooled over runs, and its
-        standard error.
+        Reverse AIS: :math:`-\log \frac1C \sum_c w^{\mathrm{rev}}_c` over all chains, and its
+        standard error (same rule; copies of one exact draw share its position, which no
+        within-data-set error can see, so more independent exact draws make it more honest).
     lower_is_bound : bool
         Whether ``lower`` is a stochastic lower bound (forward AIS always is:
         :math:`\mathbb{E}[\text{lower}] \le \log p(x)`).

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.uncondition_messenger import UnconditionMessenger
 
 from pyrovi._model import inspect_model
 from pyrovi._runtime import resolve_seed, seeded
@@ -25,6 +26,20 @@ from pyrovi.diagnostics.bounds import log_mean_exp, mean_se
 from pyrovi.diagnostics.bracket import Bracket, evidence_bracket
 
 __all__ = ["simulate", "check_evidence", "SimulationRow", "EvidenceCheck"]
+
+
+class _Unobserve(UnconditionMessenger):
+    """Sample the named observed sites afresh; leave every other site (``pyro.deterministic``
+    ones in particular, which Pyro's ``uncondition`` would resample with wrong shapes) as
+    it is."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.names = frozenset(names)
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["name"] in self.names:
+            super()._pyro_sample(msg)
 
 
 def simulate(model: Callable, *args, seed: int | None = None, **kwargs):
@@ -44,7 +59,7 @@ def simulate(model: Callable, *args, seed: int | None = None, **kwargs):
                          "(any values of the right shape), so that it marks them observed; "
                          "with obs=None every site is latent")
     with seeded(resolve_seed(seed)), torch.no_grad():
-        trace = poutine.trace(poutine.uncondition(model)).get_trace(*args, **kwargs)
+        trace = poutine.trace(_Unobserve(observed)(model)).get_trace(*args, **kwargs)
     latents = {k: trace.nodes[k]["value"].detach() for k in info.latent}
     data = {k: trace.nodes[k]["value"].detach() for k in observed}
     return latents, data

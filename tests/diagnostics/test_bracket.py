@@ -225,6 +225,7 @@ def test_bracket_width_falls_as_the_schedule_grows():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:VI stopped at num_steps")
 def test_check_evidence_with_a_fitter():
     X = design(n=10, d=2)
     y0 = torch.zeros(10, dtype=F64)
@@ -243,3 +244,30 @@ def test_check_evidence_with_a_fitter():
     s = chk.summary()
     assert s["num_simulations"] == 2 and math.isfinite(s["mean_width"])
     assert "Evidence check of 'fitter'" in str(chk)
+
+
+def test_bracket_of_a_fit_on_real_data(fullrank, exact):
+    """The suite's shared fullrank fit: no exact draws, so the upper side is an estimate; the
+    fit's CUBO_2 comes along."""
+    b = evidence_bracket(fullrank, options=AIS(num_temperatures=20, num_runs=4,
+                                                transition="mala", base_draws=500),
+                         num_chains=32, seed=0)
+    assert b.info["base"] == "guide" and not b.upper_is_bound
+    assert b.lower - 2.5 * b.lower_se <= exact
+    assert b.cubo is not None and b.cubo > exact - 3 * b.cubo_se
+    assert abs(b.upper - exact) < 0.1  # a good guide: resampled starts are nearly exact
+    with pytest.raises(TypeError, match="takes the model arguments from the result"):
+        evidence_bracket(fullrank, torch.zeros(3))
+
+
+def test_simulate_draws_latents_and_data_of_a_constrained_model():
+    from pyrovi.datasets import eight_schools
+    from pyrovi.models import eight_schools_noncentered
+
+    y, sigma = eight_schools()
+    latents, data = simulate(eight_schools_noncentered, sigma, y, seed=0)
+    assert set(latents) == {"mu", "tau", "eta"} and set(data) == {"obs"}
+    assert latents["eta"].shape == (8,) and float(latents["tau"]) > 0
+    assert data["obs"].shape == y.shape and not torch.equal(data["obs"], y)
+    again, _ = simulate(eight_schools_noncentered, sigma, y, seed=0)
+    assert torch.equal(again["eta"], latents["eta"])
