@@ -45,9 +45,12 @@ import numpy as np
 import torch
 
 from pyrovi._model import inspect_model
+from pyrovi._potential import potential_from_model
 from pyrovi._runtime import resolve_seed, seeded
 from pyrovi.diagnostics.ais import AIS, sigmoid_schedule
+from pyrovi.diagnostics.ais_evidence import _base_draws
 from pyrovi.diagnostics.bounds import log_mean_exp
+from pyrovi.diagnostics.estimate import is_fit_result as _is_result
 from pyrovi.errors import ModelError
 
 __all__ = ["Bracket", "evidence_bracket", "bidirectional_ais", "BidirectionalRun"]
@@ -283,7 +286,7 @@ def bidirectional_ais(
     ----------
     log_density : callable
         ``u (M, d) -> (log p(x, z(u)) + log|J| (M,), gradient (M, d))``, as built by
-        :func:`pyrovi.diagnostics.evidence._flat_potential`.
+        :meth:`pyrovi._potential.FlatPotential.log_density_and_grad`.
     base_mean, base_scale_tril : torch.Tensor
         The Gaussian base :math:`q_0 = N(m, L L^\top)` on the flat space.
     options : AIS
@@ -374,10 +377,6 @@ def _pool(log_w: torch.Tensor) -> tuple[float, float]:
     return value, max(se_chains, se_runs)
 
 
-def _is_result(obj) -> bool:
-    return hasattr(obj, "param_state") and hasattr(obj, "scope") and hasattr(obj, "model")
-
-
 def _flat_starts(values, to_flat, names, d) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
         flat = values.reshape(-1, d) if values.dim() > 1 else values.reshape(1, d)
@@ -409,14 +408,10 @@ def _prior_draws(model, args, kwargs, n, names, info):
             return values
     except Exception:  # noqa: BLE001 - a model that does not broadcast: loop instead
         pass
-    from pyrovi.diagnostics.evidence import _base_draws
-
     return _base_draws(model, args, kwargs, None, n, names)[0]
 
 
 def _base(model, args, kwargs, guide, n, names, to_flat, d, info):
-    from pyrovi.diagnostics.evidence import _base_draws
-
     if guide is None:
         values, source = _prior_draws(model, args, kwargs, n, names, info), "prior"
     else:
@@ -474,8 +469,6 @@ def evidence_bracket(
     -------
     Bracket
     """
-    from pyrovi.diagnostics.evidence import _flat_potential
-
     options = options or AIS()
     if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 2:
         raise ValueError(f"num_chains must be an int >= 2, got {num_chains!r}")
@@ -497,8 +490,9 @@ def evidence_bracket(
             raise ModelError(
                 f"evidence_bracket needs continuous latents; site {info.discrete[0]!r} is "
                 "discrete", site=info.discrete[0])
-        log_density, to_flat, names, d, _ = _flat_potential(model, args, kwargs,
-                                                            info.max_plate_nesting)
+        potential = potential_from_model(model, args, kwargs, info.max_plate_nesting)
+        log_density, to_flat = potential.log_density_and_grad, potential.to_unconstrained
+        names, d = potential.layout.names, potential.layout.dim
         if d == 0:
             raise ModelError("the model has no latent variables: its log evidence is exact")
         mean, L, source = _base(model, args, kwargs, guide, options.base_draws, names,

@@ -238,7 +238,8 @@ def check_evidence(
     -------
     EvidenceCheck
     """
-    from pyrovi.diagnostics.evidence import IntractableError, exact_log_evidence
+    from pyrovi.diagnostics.estimate import IntractableError
+    from pyrovi.diagnostics.exact import exact_log_evidence
     from pyrovi.diagnostics.weights import result_log_weights
 
     if isinstance(num_simulations, bool) or not isinstance(num_simulations, int) \
