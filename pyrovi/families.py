@@ -370,6 +370,9 @@ class Family:
     map_trained : bool
         Whether training maximizes the log joint at a point (the trace holds log p(x, z) at
         the MAP, not an ELBO).
+    gaussian : bool
+        Whether the fitted q is a Gaussian in the unconstrained space (so its marginals
+        satisfy Talagrand's inequality; see :mod:`pyrovi.diagnostics.accuracy`).
     math : type or None
         The compiled path's math class (see :class:`FamilyMath`); None: the compiled path
         does not take the family.
@@ -386,6 +389,7 @@ class Family:
     takes_rank: bool = False
     has_density: bool = True
     map_trained: bool = False
+    gaussian: bool = True
     math: type | None = None
     not_compiled: str = ""
     finalizer: Callable = _identity_finalize
@@ -446,7 +450,7 @@ REGISTRY: Mapping[str, Family] = _registry(
     Family("fullrank", "full-rank", autoguide.AutoMultivariateNormal, math=FullRank),
     Family(
         "delta", "point-mass (MAP)", autoguide.AutoDelta, init_scale=None, has_density=False,
-        map_trained=True, math=Delta,
+        map_trained=True, gaussian=False, math=Delta,
     ),
     Family(
         "laplace", "Laplace", autoguide.AutoLaplaceApproximation, init_scale=None,

@@ -22,12 +22,12 @@ import numpy as np
 import pyro
 import torch
 
+import pyrovi.arviz.draws as export_draws
 from pyrovi._model import inspect_model, model_name
 from pyrovi._plates import site_shapes
 from pyrovi._result import FitResult
 from pyrovi._runtime import check_positive, resolve_seed
 from pyrovi._version import __version__
-from pyrovi.arviz import draws as export_draws
 from pyrovi.arviz.adapters import adapter_for
 from pyrovi.arviz.attrs import encode_attrs
 from pyrovi.arviz.backend import make_container, make_dataset

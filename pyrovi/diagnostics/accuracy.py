@@ -53,17 +53,17 @@ import dataclasses
 import math
 
 import torch
-from pyro.distributions import constraints
 
-from pyrovi._runtime import resolve_seed, seeded
+from pyrovi._exact import is_real_support
+from pyrovi._result import FitResult
+from pyrovi._runtime import resolve_seed
+from pyrovi.diagnostics.bracket import Bracket
 from pyrovi.diagnostics.cubo import CUBO, cubo
+from pyrovi.diagnostics.estimate import Estimate
+from pyrovi.families import lookup
 
 __all__ = ["SiteErrorBounds", "ErrorBounds", "divergence_bound", "coordinate_bounds",
-           "error_bounds", "error_bounds_from_draws", "GAUSSIAN_FAMILIES"]
-
-#: Guide families that are Gaussian in the unconstrained space.
-GAUSSIAN_FAMILIES = ("meanfield", "fullrank", "laplace")
-
+           "error_bounds", "error_bounds_from_draws"]
 
 @dataclasses.dataclass(frozen=True)
 class SiteErrorBounds:
@@ -268,14 +268,11 @@ def error_bounds_from_draws(
                        reliable=bool(khat < 0.5 and finite), num_particles=S, z=z)
 
 
-def _is_real(support) -> bool:
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return support is constraints.real
-
-
 def _gaussian_family(family: str) -> bool:
-    return family in GAUSSIAN_FAMILIES or family.startswith("lowrank")
+    """Whether the family (a registry name, ``lowrank:K`` included) is a Gaussian in the
+    unconstrained space; a user's guide is not assumed to be one."""
+    record = lookup(family)
+    return record is not None and record.gaussian
 
 
 def _lower_from(log_evidence):
@@ -284,9 +281,9 @@ def _lower_from(log_evidence):
         return None, 0.0, "elbo"
     if isinstance(log_evidence, (int, float)):
         return float(log_evidence), 0.0, "exact"
-    if hasattr(log_evidence, "lower") and hasattr(log_evidence, "upper_is_bound"):
+    if isinstance(log_evidence, Bracket):
         return float(log_evidence.lower), float(log_evidence.lower_se), "bracket"
-    if hasattr(log_evidence, "method") and hasattr(log_evidence, "value"):
+    if isinstance(log_evidence, Estimate):
         source = "exact" if log_evidence.method == "exact" else "estimate"
         return float(log_evidence.value), float(log_evidence.se), source
     raise TypeError("log_evidence must be None, a float (exact), an Estimate or a Bracket, "
@@ -316,29 +313,24 @@ def error_bounds(result, *, num_particles: int = 10_000, seed: int | None = None
     """
     import pyro.poutine as poutine
 
-    from pyrovi._draws import model_log_density
-
-    if hasattr(result, "log_posterior"):
+    if not isinstance(result, FitResult):
+        raise TypeError(f"error_bounds takes a fit result, got {type(result).__name__}")
+    if result.exact_posterior:
         raise TypeError("error_bounds takes a VIResult; an EM result's posterior is exact "
                         "(every error is 0)")
-    if getattr(result, "family", None) == "delta":
-        raise ValueError("a 'delta' fit has no density; error bounds need a guide with one "
-                         "(fit 'laplace' for a Gaussian at the MAP)")
-    if getattr(result, "enumerated_sites", ()):
-        raise ValueError("error_bounds needs a model whose latents the guide covers; sites "
-                         f"{tuple(result.enumerated_sites)} are enumerated")
+    if not result.has_density:
+        raise ValueError(f"a {result.family!r} fit has no density; error bounds need a guide "
+                         "with one (fit 'laplace' for a Gaussian at the MAP)")
     lower, lower_se, source = _lower_from(log_evidence)
     seed = resolve_seed(seed)
-    draws = result.draws(num_particles, seed=seed)
-    with seeded(seed, result.device), result.scope(), torch.no_grad():
-        log_p, _ = model_log_density(result.model, result.args, result.kwargs, draws.values,
-                                     shapes=result.site_shapes,
-                                     nesting=result.max_plate_nesting,
-                                     vectorized=result.vectorized)
+    draws = result.posterior_draws(num_particles, seed=seed)
+    with result.scope(), torch.no_grad():
+        # enumerated discrete sites, absent from the draws, are summed out exactly
+        log_p = result.log_joint(draws.values)
         trace = poutine.trace(result.model).get_trace(*result.args, **result.kwargs)
     log_w = log_p.to(torch.float64) - draws.log_q.to(torch.float64)
     gauss_family = _gaussian_family(str(result.family))
-    gaussian = {k: gauss_family and _is_real(trace.nodes[k]["fn"].support)
+    gaussian = {k: gauss_family and is_real_support(trace.nodes[k]["fn"].support)
                 for k in draws.values}
     return error_bounds_from_draws(draws.values, log_w, log_evidence_lower=lower,
                                    log_evidence_lower_se=lower_se, lower_source=source,

@@ -37,6 +37,7 @@ bidirectional Monte Carlo", NeurIPS.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
@@ -46,11 +47,11 @@ import torch
 
 from pyrovi._model import inspect_model
 from pyrovi._potential import potential_from_model
+from pyrovi._result import FitResult
 from pyrovi._runtime import resolve_seed, seeded
 from pyrovi.diagnostics.ais import AIS, sigmoid_schedule
 from pyrovi.diagnostics.ais_evidence import _base_draws
 from pyrovi.diagnostics.bounds import log_mean_exp
-from pyrovi.diagnostics.estimate import is_fit_result as _is_result
 from pyrovi.errors import ModelError
 
 __all__ = ["Bracket", "evidence_bracket", "bidirectional_ais", "BidirectionalRun"]
@@ -473,7 +474,7 @@ def evidence_bracket(
     if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 2:
         raise ValueError(f"num_chains must be an int >= 2, got {num_chains!r}")
     result = None
-    if _is_result(model):
+    if isinstance(model, FitResult):
         if args or kwargs:
             raise TypeError("evidence_bracket(result, ...) takes the model arguments from the "
                             "result; pass either a result or a model with its arguments")
@@ -482,7 +483,7 @@ def evidence_bracket(
         guide = result if guide is None else guide
     if not callable(model):
         raise TypeError(f"model must be a Pyro model or a fit result, got {type(model).__name__}")
-    scope = guide.scope() if _is_result(guide) else _null()
+    scope = guide.scope() if isinstance(guide, FitResult) else contextlib.nullcontext()
     seed = resolve_seed(seed)
     with scope, seeded(seed):
         info = inspect_model(model, args, kwargs)
@@ -521,7 +522,7 @@ def evidence_bracket(
         lower, lower_se = _pool(run.log_w)
         neg_upper, upper_se = _pool(run.log_w_rev)
         cubo_value = cubo_se = None
-        if cubo and result is not None and hasattr(result, "draws"):
+        if cubo and result is not None and result.has_density and not result.exact_posterior:
             from pyrovi.diagnostics.cubo import cubo_from_result
 
             c = cubo_from_result(result, num_particles=max(options.base_draws, 1000),
@@ -546,10 +547,3 @@ def evidence_bracket(
               "step_sizes": run.step_sizes.tolist()},
     )
 
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

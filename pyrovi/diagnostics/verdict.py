@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from pyrovi.diagnostics.estimate import Estimate
 from pyrovi.diagnostics.psis import khat_threshold
 
 __all__ = ["Verdict", "verdict", "assess", "DEFAULT_TOLERANCE"]
@@ -184,8 +185,8 @@ def assess(result, *, bracket=None, log_evidence=None, num_particles: int = 10_0
     exact = None
     if isinstance(log_evidence, (int, float)):
         exact = float(log_evidence)
-    elif getattr(log_evidence, "method", None) == "exact":
+    elif isinstance(log_evidence, Estimate) and log_evidence.method == "exact":
         exact = float(log_evidence.value)
-    elbo = float(result.elbo) if math.isfinite(getattr(result, "elbo", math.nan)) else None
+    elbo = float(result.elbo) if math.isfinite(result.elbo) else None
     return verdict(elbo=elbo, bracket=bracket, log_evidence=exact, error_bounds=eb,
-                   family=getattr(result, "family", None), tolerance=tolerance)
+                   family=result.family, tolerance=tolerance)

@@ -15,10 +15,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+import pyrovi.em.posterior as _posterior
 from pyrovi._draws import Draws, seeded_draws
 from pyrovi._result import FitResult
 from pyrovi._runtime import check_positive
-from pyrovi.em import posterior as _posterior
 from pyrovi.em.posterior import DiscretePosterior, GaussianPosterior
 
 __all__ = ["EMResult", "DiscretePosterior", "GaussianPosterior"]

@@ -20,7 +20,7 @@ import pyro.poutine as poutine
 import torch
 from tqdm.auto import tqdm
 
-from pyrovi import fast
+import pyrovi.fast as fast
 from pyrovi._draws import site_shapes
 from pyrovi._model import ModelInfo
 from pyrovi._run import RunState, guard, load_params, load_rng, warn_interrupted, write_checkpoint
