@@ -79,8 +79,8 @@ def main(quick: bool = False) -> dict:
     n = x.shape[0]
 
     # ---- exact EM, full covariances, against sklearn's GaussianMixture
-    em = pyrovi.EM(gaussian_mixture_model(K, covariance_type="full"), num_iters=500,
-                   tol=1e-8, n_init=1 if quick else 3, seed=0, progress=False).run(data)
+    em = pyrovi.EM(gaussian_mixture_model(K, covariance_type="full"), num_steps=500,
+                   tol=1e-8, num_inits=1 if quick else 3, seed=0, progress=False).run(data)
     sk = GaussianMixture(K, covariance_type="full", tol=1e-8, max_iter=500,
                          n_init=1 if quick else 3, random_state=0).fit(x)
     em_means = em.params["means"].numpy()
@@ -88,7 +88,7 @@ def main(quick: bool = False) -> dict:
     em_ll, sk_ll = em.log_evidence / n, float(sk.score(x))
     print("Exact EM (full covariances) vs sklearn GaussianMixture")
     print(f"  average log-likelihood   pyrovi {em_ll:.6f}   sklearn {sk_ll:.6f}"
-          f"   ({em.n_iter} vs {sk.n_iter_} iterations)")
+          f"   ({em.num_steps} vs {sk.n_iter_} iterations)")
     for k in range(K):
         print(f"  mean {k}: pyrovi {np.array2string(em_means[k], precision=4)}"
               f"   sklearn {np.array2string(sk_means[k], precision=4)}")

@@ -74,7 +74,7 @@ def main(quick: bool = False) -> dict:
     tol = 0.0
 
     # ---- factor analysis
-    fa = pyrovi.EM(factor_analysis_model(L), num_iters=iters, tol=tol, seed=0,
+    fa = pyrovi.EM(factor_analysis_model(L), num_steps=iters, tol=tol, seed=0,
                    progress=False).run(data)
     sk_fa = FactorAnalysis(L, tol=1e-10, max_iter=10000, random_state=0).fit(x)
     fa_ll, sk_fa_ll = fa.log_evidence / n, float(sk_fa.score(x))
@@ -84,7 +84,7 @@ def main(quick: bool = False) -> dict:
     monotone = bool(np.all(np.diff(fa.log_evidence_trace) >= -1e-8 * abs(fa.log_evidence)))
     print(f"Factor analysis, {n} rows, D={D}, L={L}")
     print(f"  average log-likelihood   pyrovi EM {fa_ll:.6f}   sklearn {sk_fa_ll:.6f}"
-          f"   ({fa.n_iter} EM iterations, monotone: {monotone})")
+          f"   ({fa.num_steps} EM iterations, monotone: {monotone})")
     print(f"  largest |difference| of W W^T + Psi: {fa_cov_diff:.2e}")
     print("  noise variances  true   " + " ".join(f"{v:.2f}" for v in truth["noise_variance"]))
     print("                   pyrovi " + " ".join(
@@ -92,7 +92,7 @@ def main(quick: bool = False) -> dict:
     print("                   sklearn " + " ".join(f"{v:.2f}" for v in sk_fa.noise_variance_))
 
     # ---- probabilistic PCA
-    pp = pyrovi.EM(ppca_model(L), num_iters=iters, tol=tol, seed=0, progress=False).run(data)
+    pp = pyrovi.EM(ppca_model(L), num_steps=iters, tol=tol, seed=0, progress=False).run(data)
     pca = PCA(L).fit(x)
     pp_ll, pca_ll = pp.log_evidence / n, float(pca.score(x))
     pp_sigma2 = float(pp.params["noise_variance"])
@@ -101,7 +101,7 @@ def main(quick: bool = False) -> dict:
     pp_cov_diff = float(np.abs(pp_cov - cf_cov).max())
     print("\nProbabilistic PCA")
     print(f"  average log-likelihood   pyrovi EM {pp_ll:.6f}   closed form {cf_ll:.6f}"
-          f"   sklearn PCA {pca_ll:.6f}   ({pp.n_iter} EM iterations)")
+          f"   sklearn PCA {pca_ll:.6f}   ({pp.num_steps} EM iterations)")
     print(f"  noise variance           pyrovi EM {pp_sigma2:.6f}   closed form {cf_sigma2:.6f}"
           f"   sklearn PCA {pca.noise_variance_:.6f} = closed form x n/(n-1)")
     print(f"  (true average noise variance {truth['noise_variance'].mean():.3f})")

@@ -109,7 +109,7 @@ def guide_draws(
     *,
     sites: tuple,
     shapes: Mapping[str, SiteShape],
-    nesting: int,
+    max_plate_nesting: int,
     vectorized: bool,
 ) -> Draws:
     """``n`` draws of the latent ``sites`` from a guide, with log q at each draw.
@@ -120,7 +120,7 @@ def guide_draws(
     """
     if vectorized:
         with torch.no_grad():
-            with draw_plate(n, nesting):
+            with draw_plate(n, max_plate_nesting):
                 trace = poutine.trace(guide).get_trace(*args, **kwargs)
             trace.compute_log_prob()
         log_q = torch.zeros(n)
@@ -128,7 +128,7 @@ def guide_draws(
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site["is_observed"]:
                 continue
-            log_q = log_q + per_draw_sum(site["log_prob"], n, nesting)
+            log_q = log_q + per_draw_sum(site["log_prob"], n, max_plate_nesting)
             if name in sites:
                 values[name] = site["value"].reshape((n,) + shapes[name].shape)
         return Draws(values, log_q)
@@ -157,7 +157,7 @@ def model_log_density(
     values: Mapping[str, torch.Tensor],
     *,
     shapes: Mapping[str, SiteShape],
-    nesting: int,
+    max_plate_nesting: int,
     vectorized: bool,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """log p(x, z) at each draw and the pointwise log-likelihood of every observed site.
@@ -175,9 +175,9 @@ def model_log_density(
     """
     n = next(iter(values.values())).shape[0]
     if vectorized:
-        data = {k: pad_draws(v, shapes[k], nesting) for k, v in values.items()}
+        data = {k: pad_draws(v, shapes[k], max_plate_nesting) for k, v in values.items()}
         with torch.no_grad():
-            with draw_plate(n, nesting):
+            with draw_plate(n, max_plate_nesting):
                 trace = poutine.trace(poutine.condition(model, data=data)).get_trace(
                     *args, **kwargs
                 )
@@ -188,10 +188,10 @@ def model_log_density(
             if not is_traced_sample(site):
                 continue
             lp = site["log_prob"]
-            log_joint = log_joint + per_draw_sum(lp, n, nesting)
+            log_joint = log_joint + per_draw_sum(lp, n, max_plate_nesting)
             if _is_datum(site, values):
                 shape = shapes[name]
-                full = (n,) + (1,) * (nesting - shape.batch_ndim) + shape.batch_shape
+                full = (n,) + (1,) * (max_plate_nesting - shape.batch_ndim) + shape.batch_shape
                 log_lik[name] = torch.broadcast_to(lp, full).reshape((n,) + shape.batch_shape)
         return log_joint, log_lik
     joints = []
@@ -224,13 +224,13 @@ def enumerated_log_joint(
     kwargs: Mapping,
     values: Mapping[str, torch.Tensor],
     *,
-    nesting: int,
+    max_plate_nesting: int,
 ) -> torch.Tensor:
     r""":math:`\log p(x, z_c) = \log \sum_{z_d} p(x, z_c, z_d)` at each draw of the
     continuous latents ``values``, the model's finite discrete latents not in ``values``
     summed out exactly (``TraceEnum_ELBO`` with an empty guide on the model conditioned on
     one draw; one draw at a time).  Shape ``(n,)``."""
-    elbo = TraceEnum_ELBO(max_plate_nesting=nesting)
+    elbo = TraceEnum_ELBO(max_plate_nesting=max_plate_nesting)
     enum_model = config_enumerate(model, default="parallel")
     n = next(iter(values.values())).shape[0]
     out = []
@@ -249,11 +249,11 @@ def enumerated_log_weights(
     kwargs: Mapping,
     n: int,
     *,
-    nesting: int,
+    max_plate_nesting: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(x, z_c) - log q(z_c) and log q(z_c) per draw, with the model's discrete latents
     summed out exactly (``TraceEnum_ELBO`` on a single replayed draw; one draw at a time)."""
-    elbo = TraceEnum_ELBO(max_plate_nesting=nesting)
+    elbo = TraceEnum_ELBO(max_plate_nesting=max_plate_nesting)
     enum_model = config_enumerate(model, default="parallel")
     weights, log_qs = [], []
     with torch.no_grad():
@@ -273,7 +273,7 @@ def model_draws(
     *,
     n: int,
     shapes: Mapping[str, SiteShape],
-    nesting: int,
+    max_plate_nesting: int,
     vectorized: bool,
 ) -> dict[str, torch.Tensor]:
     """Run ``model`` ``n`` times, conditioned on draw ``i`` of ``values`` in run ``i``
@@ -284,10 +284,13 @@ def model_draws(
     :func:`pyrovi._plates.vectorize_else_loop` for the fallback.
     """
     if vectorized:
-        data = {k: pad_draws(v, shapes[k], nesting) for k, v in values.items()}
-        with torch.no_grad(), draw_plate(n, nesting):
+        data = {k: pad_draws(v, shapes[k], max_plate_nesting) for k, v in values.items()}
+        with torch.no_grad(), draw_plate(n, max_plate_nesting):
             trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
-        return {k: unpad_draws(trace.nodes[k]["value"], shapes[k], nesting, n) for k in shapes}
+        return {
+            k: unpad_draws(trace.nodes[k]["value"], shapes[k], max_plate_nesting, n)
+            for k in shapes
+        }
     rows: dict[str, list] = {k: [] for k in shapes}
     with torch.no_grad():
         for i in range(n):
@@ -304,7 +307,7 @@ def predictive_draws(
     kwargs: Mapping,
     values: Mapping[str, torch.Tensor],
     *,
-    nesting: int,
+    max_plate_nesting: int,
     vectorized: bool,
 ) -> dict[str, torch.Tensor]:
     """Run the model conditioned on each draw of ``values``; return every sample site
@@ -315,5 +318,5 @@ def predictive_draws(
         proto = poutine.trace(poutine.condition(model, data=first)).get_trace(*args, **kwargs)
     return model_draws(
         poutine.uncondition(model), args, kwargs, values, n=n, shapes=site_shapes(proto),
-        nesting=nesting, vectorized=vectorized,
+        max_plate_nesting=max_plate_nesting, vectorized=vectorized,
     )

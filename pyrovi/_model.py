@@ -90,13 +90,13 @@ def inspect_model(model: Callable, args: tuple = (), kwargs: Mapping | None = No
     latent, observed, discrete, infinite = [], [], [], []
     plates: dict = {}
     site_plates: dict = {}
-    nesting = 0
+    max_plate_nesting = 0
     for name, site in trace.nodes.items():
         if not is_user_sample(site):
             continue
         frames = [f for f in site["cond_indep_stack"] if f.vectorized]
         for f in frames:
-            nesting = max(nesting, -f.dim)
+            max_plate_nesting = max(max_plate_nesting, -f.dim)
             full = f.full_size if f.full_size is not None else f.size
             plates[f.name] = (int(full), int(f.size), int(f.dim))
         site_plates[name] = tuple(f.name for f in sorted(frames, key=lambda f: f.dim))
@@ -115,7 +115,7 @@ def inspect_model(model: Callable, args: tuple = (), kwargs: Mapping | None = No
         observed=tuple(observed),
         discrete=tuple(discrete),
         infinite_discrete=tuple(infinite),
-        max_plate_nesting=nesting,
+        max_plate_nesting=max_plate_nesting,
         plates=plates,
         site_plates=site_plates,
         trace=trace,

@@ -3,7 +3,7 @@
 Every vectorized evaluation in pyrovi (guide draws, log densities at posterior draws, the
 posterior and prior predictive, EM's exact posterior, the ELBO's vectorization check) runs
 the model or guide once under an outermost plate of ``n`` draws at batch dim
-``-(nesting + 1)``, as Pyro's vectorized ELBOs do, and moves site values between their
+``-(max_plate_nesting + 1)``, as Pyro's vectorized ELBOs do, and moves site values between their
 natural shape ``(n, *site_shape)`` and the plate layout ``(n, 1, ..., 1, *site_shape)``.
 The helpers here do that, and nothing else; they import only torch and Pyro.
 
@@ -104,41 +104,45 @@ def site_shapes(trace: poutine.Trace) -> dict[str, SiteShape]:
 
 
 # ------------------------------------------------------------------- the draw plate
-def draw_dim(nesting: int) -> int:
-    """The batch dim of the draw plate: ``-(nesting + 1)``, left of every model plate."""
-    return -(nesting + 1)
+def draw_dim(max_plate_nesting: int) -> int:
+    """The batch dim of the draw plate: ``-(max_plate_nesting + 1)``, left of every model plate."""
+    return -(max_plate_nesting + 1)
 
 
-def draw_plate(n: int, nesting: int) -> pyro.plate:
-    """The outermost plate of ``n`` draws for a model whose plates nest ``nesting`` deep."""
-    return pyro.plate(DRAW_PLATE, n, dim=draw_dim(nesting))
+def draw_plate(n: int, max_plate_nesting: int) -> pyro.plate:
+    """The outermost plate of ``n`` draws for a model whose plates nest
+    ``max_plate_nesting`` deep."""
+    return pyro.plate(DRAW_PLATE, n, dim=draw_dim(max_plate_nesting))
 
 
-def pad_draws(value: torch.Tensor, shape: SiteShape, nesting: int) -> torch.Tensor:
-    """``(n, *shape)`` -> ``(n, 1, ..., 1, *shape)`` with the draw dim at ``-(nesting + 1)``
+def pad_draws(value: torch.Tensor, shape: SiteShape, max_plate_nesting: int) -> torch.Tensor:
+    """``(n, *shape)`` -> ``(n, 1, ..., 1, *shape)`` with the draw dim at
+    ``-(max_plate_nesting + 1)``
     of the batch dims (to condition a model run under :func:`draw_plate`)."""
-    pad = (1,) * (nesting - shape.batch_ndim)
+    pad = (1,) * (max_plate_nesting - shape.batch_ndim)
     return value.reshape((value.shape[0],) + pad + tuple(shape.shape))
 
 
-def unpad_draws(value: torch.Tensor, shape: SiteShape, nesting: int, n: int) -> torch.Tensor:
+def unpad_draws(
+    value: torch.Tensor, shape: SiteShape, max_plate_nesting: int, n: int
+) -> torch.Tensor:
     """A site value from a run under :func:`draw_plate` -> ``(n, *shape)``.
 
     The inverse of :func:`pad_draws`; a value that does not vary over draws (size-1 draw
     dim, or missing leading dims) is broadcast to all ``n``.
     """
-    full = (n,) + (1,) * (nesting - shape.batch_ndim) + tuple(shape.shape)
+    full = (n,) + (1,) * (max_plate_nesting - shape.batch_ndim) + tuple(shape.shape)
     return value.expand(full).reshape((n,) + tuple(shape.shape))
 
 
-def per_draw_sum(log_prob: torch.Tensor, n: int, nesting: int) -> torch.Tensor:
-    """Sum a log-probability whose draw dim is at ``-(nesting + 1)`` to shape ``(n,)``.
+def per_draw_sum(log_prob: torch.Tensor, n: int, max_plate_nesting: int) -> torch.Tensor:
+    """Sum a log-probability whose draw dim is at ``-(max_plate_nesting + 1)`` to shape ``(n,)``.
 
     A term without a draw dim (it does not depend on the draws) counts in every draw.
     """
-    if log_prob.dim() < nesting + 1:
+    if log_prob.dim() < max_plate_nesting + 1:
         return log_prob.sum().expand(n)
-    lp = log_prob.reshape(log_prob.shape[: log_prob.dim() - nesting] + (-1,)).sum(-1)
+    lp = log_prob.reshape(log_prob.shape[: log_prob.dim() - max_plate_nesting] + (-1,)).sum(-1)
     return lp.reshape(-1).expand(n) if lp.numel() == 1 else lp.reshape(n)
 
 

@@ -31,7 +31,7 @@ class FitResult(abc.ABC):
 
     Every subclass stores or computes the attributes below (as dataclass fields or
     properties) and implements the abstract members :attr:`objective_trace`,
-    :attr:`num_iterations`, :attr:`exact_posterior`, :attr:`has_density`,
+    :attr:`exact_posterior`, :attr:`has_density`,
     :attr:`map_trained`, :meth:`posterior_draws`, :meth:`log_joint` and :meth:`sample`.
 
     Attributes
@@ -58,6 +58,8 @@ class FitResult(abc.ABC):
         Batch dimensions used by the model's plates.
     latent_sites : tuple of str
         The model's latent sample sites, in execution order.
+    num_steps : int
+        Iterations of the fit: VI optimizer steps, EM iterations (one name for both).
     converged : bool
         Whether the fit's convergence rule was met.
     wall_time : float
@@ -88,6 +90,7 @@ class FitResult(abc.ABC):
     param_state: dict
     max_plate_nesting: int
     latent_sites: tuple
+    num_steps: int
     converged: bool
     wall_time: float
     elbo: float
@@ -97,15 +100,10 @@ class FitResult(abc.ABC):
     @property
     @abc.abstractmethod
     def objective_trace(self) -> np.ndarray:
-        """The optimisation objective at each iteration, shape ``(num_iterations,)``
+        """The optimisation objective at each iteration, shape ``(num_steps,)``
         (nats, total): VI's ``elbo_trace`` (ELBO per step), EM's ``log_evidence_trace``
         (log evidence per iteration, which is the ELBO at the exact posterior)."""
 
-    @property
-    @abc.abstractmethod
-    def num_iterations(self) -> int:
-        """Iterations of the fit: VI optimizer steps (``num_steps``), EM iterations
-        (``n_iter``)."""
 
     # ------------------------------------------------------------- the approximation
     @property

@@ -141,6 +141,22 @@ def store_params() -> dict[str, torch.Tensor]:
     return {name: store[name].detach().clone() for name in store.keys()}
 
 
+def renamed_keyword(owner: str, old: str, old_value: Any, new: str, new_value: Any,
+                    default: Any) -> Any:
+    """The value of a keyword renamed from ``old`` to ``new``: ``old_value`` (with a
+    ``DeprecationWarning``) when the caller still passes the old name, else ``new_value``.
+
+    The old name is accepted for one release; passing both is refused.
+    """
+    if old_value is None:
+        return new_value
+    if new_value != default:
+        raise TypeError(f"{owner} got both {new}= and its old name {old}=; pass {new}= only")
+    warn(f"{owner}: the keyword {old}= is now {new}= (one name across VI and EM); {old}= "
+         "will be removed in the next release", DeprecationWarning)
+    return old_value
+
+
 def check_positive(name: str, value: Any, *, integer: bool = False, allow_none: bool = False):
     """Refuse a non-positive (or wrongly typed) numeric argument, naming it."""
     if value is None and allow_none:

@@ -97,7 +97,7 @@ def _mixture_fits(quick: bool, seed: int, device):
     data = _iris()
     em = pyrovi.EM(
         gaussian_mixture_model(3, covariance_type="diag"), seed=seed, progress=False,
-        n_init=1 if quick else 3, device=device,
+        num_inits=1 if quick else 3, device=device,
     ).run(data)
     kw = dict(seed=seed, progress=False, device=device)
     if quick:

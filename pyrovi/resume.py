@@ -51,7 +51,8 @@ def resume(
         if guide is not None:
             raise ValueError("guide= applies to VI checkpoints only; this one is of an EM fit")
         if num_steps is not None:
-            config["num_iters"] = num_steps
+            config.pop("num_iters", None)  # a checkpoint of pyrovi 0.1
+            config["num_steps"] = num_steps
         fit = EM(**config)
     else:
         if num_steps is not None:

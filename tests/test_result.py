@@ -50,7 +50,7 @@ def vi():
 
 @pytest.fixture(scope="module")
 def em():
-    return pyrovi.EM(conjugate, seed=0, progress=False, num_iters=50).run(X)
+    return pyrovi.EM(conjugate, seed=0, progress=False, num_steps=50).run(X)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_the_protocol_is_abstract():
     with pytest.raises(TypeError, match="abstract"):
         FitResult()
     assert {
-        "objective_trace", "num_iterations", "exact_posterior", "has_density", "map_trained",
+        "objective_trace", "exact_posterior", "has_density", "map_trained",
         "posterior_draws", "log_joint", "sample",
     } == set(FitResult.__abstractmethods__)
 
@@ -84,15 +84,16 @@ def test_both_kinds_implement_the_protocol(result):
     assert result.latent_sites == ("z",)
     assert "loc" in result.params
     assert isinstance(result.converged, bool)
-    assert result.objective_trace.shape == (result.num_iterations,)
+    assert result.objective_trace.shape == (result.num_steps,)
     assert math.isfinite(result.elbo) and result.elbo_se >= 0
     with result.scope():  # the fitted parameters are back
         assert float(pyro.param("loc")) == pytest.approx(float(result.params["loc"]))
 
 
 def test_protocol_members_alias_the_kind_specific_fields(vi, em):
-    assert vi.objective_trace is vi.elbo_trace and vi.num_iterations == vi.num_steps
-    assert em.objective_trace is em.log_evidence_trace and em.num_iterations == em.n_iter
+    assert vi.objective_trace is vi.elbo_trace and vi.num_steps == len(vi.elbo_trace)
+    assert em.objective_trace is em.log_evidence_trace
+    assert em.num_steps == len(em.log_evidence_trace)
     assert em.elbo == em.log_evidence and em.elbo_se == 0.0
     assert (vi.exact_posterior, vi.has_density, vi.map_trained) == (False, True, False)
     assert (em.exact_posterior, em.has_density, em.map_trained) == (True, True, False)
@@ -206,5 +207,5 @@ def test_adapter_is_chosen_by_kind(vi, em):
 def test_adapter_attrs_come_from_the_protocol(vi, em):
     for r in (vi, em):
         attrs = adapter_for(r).attrs()
-        assert attrs["num_steps"] == r.num_iterations and attrs["guide_family"] == r.family
+        assert attrs["num_steps"] == r.num_steps and attrs["guide_family"] == r.family
         np.testing.assert_array_equal(adapter_for(r).trace(), r.objective_trace)

@@ -5,13 +5,8 @@
 only when an export is made.
 """
 
-from pyrovi.arviz.adapters import ADAPTERS, ResultAdapter, adapter_for
-from pyrovi.arviz.attrs import JSON_PREFIX, decode_attrs, encode_attrs
-from pyrovi.arviz.converter import ResultConverter, to_arviz
+from pyrovi.arviz.attrs import decode_attrs
+from pyrovi.arviz.converter import to_arviz
 from pyrovi.arviz.io import load_netcdf, save_netcdf
 
-__all__ = [
-    "to_arviz",
-    "save_netcdf",
-    "load_netcdf", "decode_attrs", "encode_attrs", "JSON_PREFIX", "ResultConverter",
-    "ResultAdapter", "ADAPTERS", "adapter_for"]
+__all__ = ["to_arviz", "save_netcdf", "load_netcdf", "decode_attrs"]

@@ -89,7 +89,7 @@ class ResultAdapter(abc.ABC):
         return {
             "inference_method": self.inference_method,
             "guide_family": r.family,
-            "num_steps": int(r.num_iterations),
+            "num_steps": int(r.num_steps),
             "seed": int(r.seed),
             "converged": bool(r.converged),
         }
@@ -157,10 +157,10 @@ class EMAdapter(ResultAdapter):
         r = self.result
         return {
             "log_evidence": float(r.log_evidence),
-            "n_iter": int(r.n_iter),
+            "num_steps": int(r.num_steps),
             "best_init": int(r.best_init),
             "m_step": r.m_step,
-            "n_obs": int(r.n_obs),
+            "num_obs": int(r.num_obs),
             "log_evidence_inits": list(r.log_evidence_inits),
             "wall_time": float(r.wall_time),
         }

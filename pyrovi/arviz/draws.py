@@ -60,7 +60,7 @@ def log_density(
         return vectorize_else_loop(
             lambda vectorized: model_log_density(
                 result.model, result.args, result.kwargs, values, shapes=shapes,
-                nesting=result.max_plate_nesting, vectorized=vectorized,
+                max_plate_nesting=result.max_plate_nesting, vectorized=vectorized,
             ),
             vectorize,
         )
@@ -74,7 +74,7 @@ def posterior_predictive(
         out = vectorize_else_loop(
             lambda vectorized: predictive_draws(
                 result.model, result.args, result.kwargs, values,
-                nesting=result.max_plate_nesting, vectorized=vectorized,
+                max_plate_nesting=result.max_plate_nesting, vectorized=vectorized,
             ),
             vectorize,
         )
@@ -96,7 +96,7 @@ def prior_draws(
         return vectorize_else_loop(
             lambda vectorized: model_draws(
                 model, result.args, result.kwargs, {}, n=n, shapes=shapes,
-                nesting=result.max_plate_nesting, vectorized=vectorized,
+                max_plate_nesting=result.max_plate_nesting, vectorized=vectorized,
             ),
             vectorize,
         )

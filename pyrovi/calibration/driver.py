@@ -50,9 +50,10 @@ def _conditioned(model: Callable, data: dict) -> Callable:
 
 
 def _check_guide(guide: object) -> str:
-    """Validate ``guide``; return its name (``"exact"`` for EM)."""
-    if isinstance(guide, str) and guide.strip().lower() == "exact":
-        return "exact"
+    """Validate ``guide``; return its name (``"em"`` for EM's exact posterior, also
+    accepted as ``"exact"``)."""
+    if isinstance(guide, str) and guide.strip().lower() in ("em", "exact"):
+        return "em"
     if isinstance(guide, AutoGuide):
         raise TypeError(
             f"guide={type(guide).__name__}(...) is an AutoGuide instance, which is bound to "
@@ -120,7 +121,7 @@ def calibrate(
     2. fit the guide to the model conditioned on :math:`y_j`
        (``pyro.poutine.condition(model, data={site: y_j})``) with
        ``pyrovi.VI(conditioned, guide, **fit_kwargs).run(*args, **kwargs)``, or with
-       ``pyrovi.EM`` for ``guide="exact"``;
+       ``pyrovi.EM`` for ``guide="em"``;
     3. record :math:`p_j = P_q(\theta < \theta^*_j)` for every scalar component of every
        latent site, from ``num_draws`` draws of the fit.
 
@@ -140,9 +141,9 @@ def calibrate(
     *args, **kwargs
         The model's arguments, as for ``VI.run``.  A model keyword argument named like one
         of the options below must be passed through a ``functools.partial`` of the model.
-    guide : str, AutoGuide class, callable, or "exact"
+    guide : str, AutoGuide class, callable, or "em"
         What to calibrate: any ``guide`` that :class:`pyrovi.VI` accepts except an
-        AutoGuide *instance* (it is bound to one model), or ``"exact"`` for the exact
+        AutoGuide *instance* (it is bound to one model), or ``"em"`` (also written ``"exact"``) for the exact
         posterior of :class:`pyrovi.EM` (the model must then have ``pyro.param`` sites and
         latents EM supports).  A guide function must not read the observed values from its
         arguments: they are the ones passed here, not the simulated ones.
@@ -169,7 +170,7 @@ def calibrate(
     ------
     ModelError
         Before any fit, when the model has no observed site or no latent site,
-        subsamples a plate, or (``guide="exact"``) has no ``pyro.param`` site; when a
+        subsamples a plate, or (``guide="em"``) has no ``pyro.param`` site; when a
         simulated data set is not finite.
 
     Warns
@@ -198,7 +199,7 @@ def calibrate(
     if not callable(model):
         raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
     guide_name = _check_guide(guide)
-    exact = guide_name == "exact"
+    exact = guide_name == "em"
     check_positive("num_simulations", num_simulations, integer=True)
     if num_simulations < 2:
         raise ValueError(

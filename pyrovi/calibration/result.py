@@ -54,7 +54,8 @@ class CalibrationResult:
     num_draws : int
         Draws of each fitted approximation behind each probability.
     guide : str
-        The guide family (``"exact"`` for :class:`pyrovi.EM`'s exact posterior).
+        The guide family (``"em"`` for :class:`pyrovi.EM`'s exact posterior, as a fit's
+        ``family``).
     seed : int
         Seed of the whole calibration (simulations, fits, draws).
     wall_time : float

@@ -404,7 +404,7 @@ def _prior_draws(model, args, kwargs, n, names, info):
     shapes = site_shapes(info.trace)
     try:
         values = guide_draws(model, args, kwargs, n, sites=tuple(names), shapes=shapes,
-                             nesting=info.max_plate_nesting, vectorized=True).values
+                             max_plate_nesting=info.max_plate_nesting, vectorized=True).values
         if all(values[k].shape == (n,) + shapes[k].shape for k in names):
             return values
     except Exception:  # noqa: BLE001 - a model that does not broadcast: loop instead

@@ -117,7 +117,7 @@ def _row(name: str, result: FitResult, diag: Diagnostics) -> dict:
         "gap_se": diag.gap_se,
         "khat": diag.khat,
         "ess": diag.ess,
-        "num_steps": int(result.num_iterations),
+        "num_steps": int(result.num_steps),
         "wall_time": float(result.wall_time),
     }
 

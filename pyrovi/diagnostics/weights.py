@@ -176,7 +176,7 @@ def importance_log_weights(
             )
     if enumerated_sites:
         log_w, log_q = enumerated_log_weights(
-            model, guide, args, kwargs, num_particles, nesting=max_plate_nesting
+            model, guide, args, kwargs, num_particles, max_plate_nesting=max_plate_nesting
         )
         return _finish(model, _guide_name(guide), args, kwargs, [log_w + log_q], [log_q],
                        False, None)
@@ -184,11 +184,11 @@ def importance_log_weights(
     log_p, log_q, kept = [], [], []
     for n in _chunks(num_particles, chunk_size if vectorized else num_particles):
         draws = guide_draws(
-            guide, args, kwargs, n, sites=sites, shapes=shapes, nesting=max_plate_nesting,
+            guide, args, kwargs, n, sites=sites, shapes=shapes, max_plate_nesting=max_plate_nesting,
             vectorized=vectorized,
         )
         lp, _ = model_log_density(
-            model, args, kwargs, draws.values, shapes=shapes, nesting=max_plate_nesting,
+            model, args, kwargs, draws.values, shapes=shapes, max_plate_nesting=max_plate_nesting,
             vectorized=vectorized,
         )
         log_p.append(lp)

@@ -72,6 +72,6 @@ class ClosedFormModel(abc.ABC):
     def posterior(self, data: torch.Tensor, stats: object) -> DiscretePosterior | GaussianPosterior:
         """The exact posterior held by the E-step statistics."""
 
-    def n_obs(self, data: torch.Tensor) -> int:
+    def num_obs(self, data: torch.Tensor) -> int:
         """Number of observations (rows of the data)."""
         return int(data.shape[0])

@@ -1,6 +1,6 @@
 """``pyrovi.EM``: exact-posterior EM for Pyro models, with closed-form fast paths.
 
-The driver checks the configuration and the model before any work, then runs ``n_init``
+The driver checks the configuration and the model before any work, then runs ``num_inits``
 restarts, each in its own seeded, private Pyro parameter store, and keeps the best.  Each
 iteration is an exact E-step (``log p(x | theta_t)`` and the posterior) followed by an
 M-step; the loop, its convergence rule and the reporting follow
@@ -36,6 +36,7 @@ from pyrovi._runtime import (
     check_positive,
     fit_context,
     move_to_device,
+    renamed_keyword,
     resolve_device,
     resolve_seed,
     snapshot_store,
@@ -66,7 +67,7 @@ class _Restart:
     """What one restart produced (mutable while it runs).
 
     ``trace`` holds ``log p(x | theta_k)`` of every completed iteration ``k`` (E-step and
-    M-step), so ``len(trace) == n_iter``; ``log_evidence`` is that of the parameters it
+    M-step), so ``len(trace) == num_steps``; ``log_evidence`` is that of the parameters it
     ends with.
     """
 
@@ -103,16 +104,18 @@ class EM:
         ``pyro.sample`` sites (all finite discrete, or all linear-Gaussian), data observed
         sites; or a ready model (:func:`~pyrovi.em.gaussian_mixture_model`,
         :func:`~pyrovi.em.factor_analysis_model`, :func:`~pyrovi.em.ppca_model`).
-    num_iters : int
-        Maximum EM iterations per restart.
+    num_steps : int
+        Maximum EM iterations per restart (default 100); ``num_steps`` as in
+        :class:`pyrovi.VI` (the old name ``num_iters=`` still works, with a
+        ``DeprecationWarning``).
     tol : float
         Convergence threshold (>= 0) on the change of the log evidence *per observation*
-        between iterations, as scikit-learn's ``tol``; ``0`` runs exactly ``num_iters``
+        between iterations, as scikit-learn's ``tol``; ``0`` runs exactly ``num_steps``
         iterations and does not warn.
-    n_init : int
-        Number of restarts (restart ``i`` is seeded with ``seed + i``; the parameters'
-        initial values are drawn inside that seed); the one with the highest final log
-        evidence is kept.
+    num_inits : int
+        Number of restarts (old name ``n_init=``); restart ``i`` is seeded with
+        ``seed + i`` (the parameters' initial values are drawn inside that seed); the one
+        with the highest final log evidence is kept.
     m_step : {"auto", "generic", "closed_form"}
         ``"auto"``: closed form for a ready model, generic otherwise; ``"generic"``: L-BFGS on
         the exact ``Q`` for any model; ``"closed_form"``: refuse a model without one.
@@ -134,16 +137,16 @@ class EM:
     Examples
     --------
     >>> from pyrovi.em import EM, gaussian_mixture_model
-    >>> result = EM(gaussian_mixture_model(3), num_iters=200).run(data)  # doctest: +SKIP
+    >>> result = EM(gaussian_mixture_model(3), num_steps=200).run(data)  # doctest: +SKIP
     """
 
     def __init__(
         self,
         model: Callable,
         *,
-        num_iters: int = 100,
+        num_steps: int = 100,
         tol: float = 1e-3,
-        n_init: int = 1,
+        num_inits: int = 1,
         m_step: str = "auto",
         seed: int | None = None,
         progress: bool = True,
@@ -151,17 +154,22 @@ class EM:
         lbfgs: LBFGSMStep | None = None,
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int = 10,
+        num_iters: int | None = None,
+        n_init: int | None = None,
     ):
-        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        num_steps = renamed_keyword("EM", "num_iters", num_iters, "num_steps", num_steps, 100)
+        num_inits = renamed_keyword("EM", "n_init", n_init, "num_inits", num_inits, 1)
+        self.config = {k: v for k, v in locals().items()
+                       if k not in ("self", "__class__", "num_iters", "n_init")}
         if not callable(model):
             raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
-        check_positive("num_iters", num_iters, integer=True)
+        check_positive("num_steps", num_steps, integer=True)
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
             raise ValueError(
                 f"tol must be a non-negative number (change of the log evidence per "
                 f"observation), got {tol!r}"
             )
-        check_positive("n_init", n_init, integer=True)
+        check_positive("num_inits", num_inits, integer=True)
         if m_step not in _M_STEPS:
             raise ValueError(f"m_step must be one of {_M_STEPS}, got {m_step!r}")
         if m_step == "closed_form" and not isinstance(model, ClosedFormModel):
@@ -173,9 +181,9 @@ class EM:
         if seed is not None:
             resolve_seed(seed)
         self.model = model
-        self.num_iters = num_iters
+        self.num_steps = num_steps
         self.tol = float(tol)
-        self.n_init = n_init
+        self.num_inits = num_inits
         self.m_step = m_step
         self.seed = seed
         self.progress = bool(progress)
@@ -209,7 +217,7 @@ class EM:
         -----
         Ctrl-C ends the restart in progress with an
         :class:`~pyrovi.errors.InterruptedFitWarning` and returns the best restart so far;
-        its trace holds the completed iterations (``n_iter == len(log_evidence_trace)``)
+        its trace holds the completed iterations (``num_steps == len(log_evidence_trace)``)
         and ``log_evidence`` is that of the parameters it stopped at.  Each call is an
         independent run: the object holds configuration only.
         """
@@ -229,7 +237,7 @@ class EM:
             check_compatible(ckpt, path, kind="em", family="em", prints=meta.fingerprint)
             run.restarts = [_Restart(**r) for r in ckpt.schedule["runs"]]
             first = ckpt.schedule["init"]
-        for i in range(first, self.n_init):
+        for i in range(first, self.num_inits):
             restart = _Restart(init=i, seed=seed + i, trace=[])
             with fit_context(restart.seed, device):
                 engine = make(i)
@@ -240,7 +248,7 @@ class EM:
             if run.state.interrupted:
                 warn_interrupted(
                     run.state,
-                    f"EM was interrupted in restart {i + 1}/{self.n_init} after "
+                    f"EM was interrupted in restart {i + 1}/{self.num_inits} after "
                     f"{restart.n_iter} iterations; returning the best result so far",
                 )
                 break
@@ -249,9 +257,9 @@ class EM:
             change = (best.trace[-1] - best.trace[-2]) / meta.num_obs if len(best.trace) > 1 \
                 else math.nan
             warn(
-                f"EM did not converge: after num_iters={self.num_iters} iterations the log "
+                f"EM did not converge: after num_steps={self.num_steps} iterations the log "
                 f"evidence per observation still changed by {change:.3g} (tol={self.tol:g}). "
-                "Increase num_iters, loosen tol, or try other initial values (n_init).",
+                "Increase num_steps, loosen tol, or try other initial values (num_inits).",
                 ConvergenceWarning,
             )
         return self._result(best, run, run.restarts)
@@ -305,8 +313,8 @@ class EM:
         An iteration counts, and enters the trace, once its M-step is done; the log
         evidence of the parameters the restart ends with is computed after the loop.
         """
-        bar = tqdm(total=self.num_iters, initial=restart.n_iter, disable=not self.progress,
-                   leave=False, desc=f"EM init {restart.init + 1}/{self.n_init}")
+        bar = tqdm(total=self.num_steps, initial=restart.n_iter, disable=not self.progress,
+                   leave=False, desc=f"EM init {restart.init + 1}/{self.num_inits}")
         n_obs = run.meta.num_obs
         prev = restart.trace[-1] if restart.trace else -math.inf
         save = None if self.checkpoint is None else (
@@ -324,7 +332,7 @@ class EM:
                 with stop_on_interrupt(
                     run.state, at=lambda: f"iteration {restart.n_iter}", save=save
                 ):
-                    for it in range(restart.n_iter, self.num_iters):
+                    for it in range(restart.n_iter, self.num_steps):
                         estep = self._checked(engine.expectation, it)
                         ll = estep.log_evidence
                         restart.log_evidence = ll  # of the current parameters, for now
@@ -422,14 +430,14 @@ class EM:
             log_evidence_trace=np.asarray(restart.trace, dtype=np.float64),
             log_evidence=float(final),
             converged=restart.converged,
-            n_iter=restart.n_iter,
+            num_steps=restart.n_iter,
             best_init=restart.init,
             wall_time=run.state.wall_time(),
             family="em",
             max_plate_nesting=meta.max_plate_nesting,
             latent_sites=tuple(meta.latent_sites),
             posterior=restart.posterior,
-            n_obs=meta.num_obs,
+            num_obs=meta.num_obs,
             m_step=meta.m_step,
             log_evidence_inits=tuple(r.log_evidence for r in restarts),
         )

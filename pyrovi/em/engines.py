@@ -52,11 +52,11 @@ _KINDS = ("closed_form", "discrete", "gaussian")
 
 def count_observations(info: ModelInfo) -> int:
     """Number of observations: the entries of the observed sites' batch shapes (at least 1)."""
-    n_obs = 0
+    num_obs = 0
     for name in info.observed:
         value, fn = info.trace.nodes[name]["value"], info.trace.nodes[name]["fn"]
-        n_obs += math.prod(value.shape[: value.dim() - fn.event_dim])
-    return max(n_obs, 1)
+        num_obs += math.prod(value.shape[: value.dim() - fn.event_dim])
+    return max(num_obs, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +100,7 @@ class EMModelInfo:
     def of_closed_form(cls, model: ClosedFormModel, data: object, x: object) -> EMModelInfo:
         """The info of a ready model fitted to ``x`` (``data = model.prepare(x)``)."""
         return cls(
-            num_obs=model.n_obs(data),
+            num_obs=model.num_obs(data),
             max_plate_nesting=model.max_plate_nesting,
             latent_sites=(model.latent_site,),
             kind="closed_form",
@@ -179,31 +179,31 @@ class EnumEngine:
     """Generic EM for finite discrete latents (Pyro enumeration + L-BFGS on ``Q``)."""
 
     def __init__(
-        self, model: Callable, info: ModelInfo, args: tuple, kwargs: dict, n_obs: int,
+        self, model: Callable, info: ModelInfo, args: tuple, kwargs: dict, num_obs: int,
         settings: LBFGSMStep,
     ):
         self.model, self.args, self.kwargs = model, args, kwargs
-        self.mpn = info.max_plate_nesting
-        self.n_obs, self.settings = n_obs, settings
+        self.max_plate_nesting = info.max_plate_nesting
+        self.num_obs, self.settings = num_obs, settings
 
     def expectation(self) -> EStep:
-        estep = enum_e_step(self.model, self.mpn, self.args, self.kwargs)
+        estep = enum_e_step(self.model, self.max_plate_nesting, self.args, self.kwargs)
         return EStep(log_evidence=float(estep.log_evidence), statistics=estep)
 
     def expected_log_joint(self, estep: EStep) -> torch.Tensor:
         """``Q(theta | theta_t)`` at the current parameters (``theta_t``: that of ``estep``,
         default the last :meth:`e_step`)."""
-        return enum_expected_log_joint(self.model, self.mpn, self.args, self.kwargs,
+        return enum_expected_log_joint(self.model, self.max_plate_nesting, self.args, self.kwargs,
                                        estep.statistics)
 
     def maximization(self, estep: EStep) -> None:
-        maximize_q(lambda: self.expected_log_joint(estep), current_params(), scale=self.n_obs,
+        maximize_q(lambda: self.expected_log_joint(estep), current_params(), scale=self.num_obs,
                    settings=self.settings)
 
     def posterior(self, estep: EStep) -> DiscretePosterior:
         """The exact posterior marginals at the current parameters (those of the last
         E-step when called right after it; ``estep`` is not needed)."""
-        elbo = TraceEnum_ELBO(max_plate_nesting=self.mpn)
+        elbo = TraceEnum_ELBO(max_plate_nesting=self.max_plate_nesting)
         with torch.no_grad():
             dists = elbo.compute_marginals(
                 config_enumerate(self.model, "parallel"), empty_guide, *self.args, **self.kwargs
@@ -224,7 +224,7 @@ class GaussianEngine:
     """
 
     def __init__(
-        self, model: Callable, info: ModelInfo, args: tuple, kwargs: dict, n_obs: int,
+        self, model: Callable, info: ModelInfo, args: tuple, kwargs: dict, num_obs: int,
         settings: LBFGSMStep, check: bool,
     ):
         self.sites, z0 = latent_layout(info)
@@ -232,7 +232,7 @@ class GaussianEngine:
         dim = particle_dim(info.trace, info.max_plate_nesting)
         layout = model_layout(info.trace, info.latent)
         self.f = make_log_joint(model, args, kwargs, self.sites, dim, layout)
-        self.n_obs, self.settings = n_obs, settings
+        self.num_obs, self.settings = num_obs, settings
         if check:
             check_quadratic(self.f, self.z, self.sites)
 
@@ -247,7 +247,7 @@ class GaussianEngine:
         return gaussian_expected_log_joint(self.f, estep.statistics)
 
     def maximization(self, estep: EStep) -> None:
-        maximize_q(lambda: self.expected_log_joint(estep), current_params(), scale=self.n_obs,
+        maximize_q(lambda: self.expected_log_joint(estep), current_params(), scale=self.num_obs,
                    settings=self.settings)
 
     def posterior(self, estep: EStep) -> GaussianPosterior:

@@ -107,7 +107,7 @@ class FactorAnalysisModel(ClosedFormModel):
         xc = x - mean
         return _FAData(x=x, mean=mean, cov=xc.T @ xc / x.shape[0])
 
-    def n_obs(self, data: _FAData) -> int:
+    def num_obs(self, data: _FAData) -> int:
         return int(data.x.shape[0])
 
     def init_params(self, data: _FAData) -> dict:

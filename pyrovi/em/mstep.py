@@ -29,9 +29,9 @@ class LBFGSMStep:
     history_size : int
         L-BFGS memory.
     tolerance_grad : float
-        Stop when the largest gradient entry of ``Q / n_obs`` falls below this.
+        Stop when the largest gradient entry of ``Q / num_obs`` falls below this.
     tolerance_change : float
-        Stop when ``Q / n_obs`` changes by less than this between iterations.
+        Stop when ``Q / num_obs`` changes by less than this between iterations.
     """
 
     max_iter: int = 50

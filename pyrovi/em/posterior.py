@@ -194,20 +194,21 @@ def particle_log_joint(
             for i in range(n)
         ])
 
-    nesting = -dim - 1
+    max_plate_nesting = -dim - 1
 
     def vectorized(*a, **k):
-        with draw_plate(n, nesting):
+        with draw_plate(n, max_plate_nesting):
             return model(*a, **k)
 
     data = {
-        name: pad_draws(v, _layout_shape(*layout[name]), nesting) for name, v in values.items()
+        name: pad_draws(v, _layout_shape(*layout[name]), max_plate_nesting)
+        for name, v in values.items()
     }
     trace = poutine.trace(poutine.condition(vectorized, data=data)).get_trace(*args, **kwargs)
     total = torch.zeros(n, dtype=next(iter(values.values())).dtype)
     for site in trace.nodes.values():
         if is_traced_sample(site):
-            total = total + per_draw_sum(_site_log_prob(site), n, nesting)
+            total = total + per_draw_sum(_site_log_prob(site), n, max_plate_nesting)
     return total
 
 

@@ -18,7 +18,7 @@ import torch
 import pyrovi.em.posterior as _posterior
 from pyrovi._draws import Draws, seeded_draws
 from pyrovi._result import FitResult
-from pyrovi._runtime import check_positive
+from pyrovi._runtime import check_positive, warn
 from pyrovi.em.posterior import DiscretePosterior, GaussianPosterior
 
 __all__ = ["EMResult", "DiscretePosterior", "GaussianPosterior"]
@@ -47,28 +47,28 @@ class EMResult(FitResult):
         Fitted parameters, constrained and detached.
     log_evidence_trace : numpy.ndarray
         ``log p(x | theta_t)`` (float64, total over the data, all constants included) at the
-        E-step of each iteration ``t = 0..n_iter-1``, i.e. before that iteration's M-step.
+        E-step of each iteration ``t = 0..num_steps-1``, i.e. before that iteration's M-step.
     log_evidence : float
         ``log p(x | theta)`` at the fitted parameters (after the last M-step).
     converged : bool
         Whether the change of the log evidence per observation fell below ``tol``.
-    n_iter : int
+    num_steps : int
         Number of EM iterations (E-step + M-step) of the kept run.
     best_init : int
-        Index of the kept restart (``0`` when ``n_init == 1``).
+        Index of the kept restart (``0`` when ``num_inits == 1``).
     wall_time : float
         Seconds spent in the whole run (all restarts).
     family : str
         ``"em"``.
     max_plate_nesting : int
-        Plate nesting of the model (for Pyro's enumeration).
+        Plate max_plate_nesting of the model (for Pyro's enumeration).
     latent_sites : tuple of str
         The latent sites whose exact posterior is held.
     posterior : DiscretePosterior or GaussianPosterior
         The exact posterior :math:`p(z \mid x, \theta)` at the fitted parameters.
-    n_obs : int
+    num_obs : int
         Number of observations (entries of the observed sites' batch shapes); ``tol`` is
-        compared to the change of ``log_evidence / n_obs``.
+        compared to the change of ``log_evidence / num_obs``.
     m_step : str
         ``"closed_form"`` or ``"generic"``: which M-step ran.
     log_evidence_inits : tuple of float
@@ -85,16 +85,28 @@ class EMResult(FitResult):
     log_evidence_trace: np.ndarray
     log_evidence: float
     converged: bool
-    n_iter: int
+    num_steps: int
     best_init: int
     wall_time: float
     family: str
     max_plate_nesting: int
     latent_sites: tuple
     posterior: DiscretePosterior | GaussianPosterior
-    n_obs: int = 0
+    num_obs: int = 0
     m_step: str = "generic"
     log_evidence_inits: tuple = ()
+
+    @property
+    def n_iter(self) -> int:
+        """Deprecated name of :attr:`num_steps` (one name across VI and EM)."""
+        warn("EMResult.n_iter is now EMResult.num_steps", DeprecationWarning)
+        return self.num_steps
+
+    @property
+    def n_obs(self) -> int:
+        """Deprecated name of :attr:`num_obs`."""
+        warn("EMResult.n_obs is now EMResult.num_obs", DeprecationWarning)
+        return self.num_obs
 
     @property
     def elbo(self) -> float:
@@ -150,11 +162,6 @@ class EMResult(FitResult):
         """``log_evidence_trace``: the log evidence at each iteration (the ELBO at q = the
         exact posterior)."""
         return self.log_evidence_trace
-
-    @property
-    def num_iterations(self) -> int:
-        """``n_iter``: EM iterations of the kept run."""
-        return self.n_iter
 
     @property
     def elbo_se(self) -> float:

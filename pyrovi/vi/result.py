@@ -134,11 +134,6 @@ class VIResult(FitResult):
         return self.elbo_trace
 
     @property
-    def num_iterations(self) -> int:
-        """``num_steps``: optimizer steps taken."""
-        return self.num_steps
-
-    @property
     def exact_posterior(self) -> bool:
         """False: the guide is an approximation (its gap to the evidence is its KL)."""
         return False
@@ -195,7 +190,7 @@ class VIResult(FitResult):
             n,
             sites=self.guide_sites,
             shapes=self.site_shapes,
-            nesting=self.max_plate_nesting,
+            max_plate_nesting=self.max_plate_nesting,
             vectorized=self.vectorized,
         )
 
@@ -280,12 +275,13 @@ class VIResult(FitResult):
         with self.scope(), torch.no_grad():
             if summed:
                 return enumerated_log_joint(
-                    self.model, self.args, self.kwargs, values, nesting=self.max_plate_nesting
+                    self.model, self.args, self.kwargs, values,
+                    max_plate_nesting=self.max_plate_nesting
                 )
             return vectorize_else_loop(
                 lambda vectorized: model_log_density(
                     self.model, self.args, self.kwargs, values, shapes=self.site_shapes,
-                    nesting=self.max_plate_nesting, vectorized=vectorized,
+                    max_plate_nesting=self.max_plate_nesting, vectorized=vectorized,
                 )[0],
                 self.vectorized and not self.enumerated_sites,
             )
@@ -360,7 +356,7 @@ class VIResult(FitResult):
             latents = self.sample(n)
             return vectorize_else_loop(
                 lambda vectorized: predictive_draws(
-                    self.model, args, kwargs, latents, nesting=self.max_plate_nesting,
+                    self.model, args, kwargs, latents, max_plate_nesting=self.max_plate_nesting,
                     vectorized=vectorized,
                 ),
                 self.vectorized and not self.enumerated_sites,

@@ -71,7 +71,7 @@ def conjugate_data():
 @pytest.fixture(scope="session")
 def em_fit(conjugate_data):
     em = pytest.importorskip("pyrovi.em", reason="pyrovi.em is not available yet")
-    return em.EM(conjugate, seed=0, progress=False, num_iters=50).run(conjugate_data)
+    return em.EM(conjugate, seed=0, progress=False, num_steps=50).run(conjugate_data)
 
 
 @pytest.fixture(scope="session")

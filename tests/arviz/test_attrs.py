@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pyrovi.arviz import JSON_PREFIX, decode_attrs, encode_attrs
+from pyrovi.arviz.attrs import JSON_PREFIX, decode_attrs, encode_attrs
 
 VALUES = {
     "none": None,

@@ -116,7 +116,7 @@ def test_exact_em_posterior_passes():
         normal_normal_sigma, Y, guide="exact", num_simulations=100, num_draws=200, seed=0,
         progress=False,
     )
-    assert result.guide == "exact"
+    assert result.guide == "em"
     assert result.pvalue["mu"] > 0.01
     assert result.passed(alpha=0.01) == {"mu": True}
     assert result.converged.all()
@@ -200,7 +200,7 @@ def test_to_xarray_and_arviz_dict(hier_result):
     assert ds["theta_pvalue"].dims == ("groups",)
     np.testing.assert_array_equal(ds["theta"].values, r.probabilities["theta"])
     np.testing.assert_array_equal(ds["mu_truth"].values, r.truth["mu"])
-    assert ds.attrs["guide"] == "exact" and ds.attrs["num_draws"] == 50
+    assert ds.attrs["guide"] == "em" and ds.attrs["num_draws"] == 50
     arrays = r.to_arviz_dict()
     assert arrays["theta"].shape == (1, 12, 3)
     idata = az.from_dict(posterior=arrays, dims=r.dims)

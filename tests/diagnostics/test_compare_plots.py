@@ -23,7 +23,7 @@ def test_table_rows_and_columns(table, meanfield, em_result):
     for row in table.rows:
         assert set(row) == set(COLUMNS)
     mf, fr, em = table.rows
-    assert mf["num_steps"] == meanfield.num_steps and em["num_steps"] == em_result.n_iter
+    assert mf["num_steps"] == meanfield.num_steps and em["num_steps"] == em_result.num_steps
     assert em["gap"] == pytest.approx(0.0, abs=1e-6) and em["family"] == "em"
     assert mf["gap"] > fr["gap"]
     assert table.diagnostics["fullrank"].gap == fr["gap"]

@@ -19,7 +19,7 @@ def _fa_data(n=400, d=6, k=2, seed=0):
 
 def test_fa_matches_sklearn_log_likelihood():
     X = _fa_data()
-    res = EM(factor_analysis_model(2), num_iters=5000, tol=1e-9, seed=0,
+    res = EM(factor_analysis_model(2), num_steps=5000, tol=1e-9, seed=0,
              progress=False).run(X)
     assert res.converged
     trace = np.append(res.log_evidence_trace, res.log_evidence)
@@ -40,7 +40,7 @@ def test_fa_matches_sklearn_log_likelihood():
 
 def test_ppca_isotropic_noise_and_monotone():
     X = _fa_data(seed=1)
-    res = EM(ppca_model(2), num_iters=500, tol=1e-8, seed=0, progress=False).run(X)
+    res = EM(ppca_model(2), num_steps=500, tol=1e-8, seed=0, progress=False).run(X)
     assert res.params["noise_variance"].shape == ()
     trace = np.append(res.log_evidence_trace, res.log_evidence)
     assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:]))
@@ -52,8 +52,8 @@ def test_ppca_isotropic_noise_and_monotone():
 
 def test_fa_generic_m_step_follows_closed_form():
     X = _fa_data(n=60, d=4, k=1, seed=2)
-    closed = EM(factor_analysis_model(1), num_iters=8, tol=0, seed=0, progress=False).run(X)
-    generic = EM(factor_analysis_model(1), m_step="generic", num_iters=8, tol=0, seed=0,
+    closed = EM(factor_analysis_model(1), num_steps=8, tol=0, seed=0, progress=False).run(X)
+    generic = EM(factor_analysis_model(1), m_step="generic", num_steps=8, tol=0, seed=0,
                  progress=False).run(X)
     np.testing.assert_allclose(generic.log_evidence_trace, closed.log_evidence_trace, rtol=1e-6)
     assert generic.log_evidence == pytest.approx(closed.log_evidence, rel=1e-6)

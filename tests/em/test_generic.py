@@ -66,7 +66,7 @@ def _brute_force_hmm_log_evidence(params, ys):
 
 
 def test_hmm_monotone_exact_evidence_and_posterior():
-    res = EM(hmm, num_iters=15, tol=1e-8, seed=0, progress=False).run(YS)
+    res = EM(hmm, num_steps=15, tol=1e-8, seed=0, progress=False).run(YS)
     trace = np.append(res.log_evidence_trace, res.log_evidence)
     assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:]))
     assert trace[-1] > trace[0] + 1.0
@@ -112,7 +112,7 @@ def test_enum_gap_zero_after_e_step(blobs):
 
 def test_blr_exact_evidence_and_gap_zero():
     X, y = _blr_data()
-    res = EM(blr, num_iters=100, tol=1e-10, seed=0, progress=False).run(X, y)
+    res = EM(blr, num_steps=100, tol=1e-10, seed=0, progress=False).run(X, y)
     assert res.converged
     trace = np.append(res.log_evidence_trace, res.log_evidence)
     assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:]))
@@ -155,7 +155,7 @@ def test_gaussian_gap_zero_after_e_step():
 
 
 def test_ready_model_generic_m_step_is_forced(blobs):
-    res = EM(gaussian_mixture_model(3, reg_covar=0.0), m_step="generic", num_iters=3, tol=0,
+    res = EM(gaussian_mixture_model(3, reg_covar=0.0), m_step="generic", num_steps=3, tol=0,
              seed=0, progress=False).run(blobs)
     assert res.m_step == "generic"
     trace = np.append(res.log_evidence_trace, res.log_evidence)
@@ -173,7 +173,7 @@ def test_non_broadcasting_model_falls_back_with_warning():
 
     X, y = _blr_data()
     with pytest.warns(FallbackWarning, match=r"blr_matmul' does not broadcast over an extra"):
-        res = EM(blr_matmul, num_iters=20, tol=1e-9, seed=0, progress=False).run(X, y)
+        res = EM(blr_matmul, num_steps=20, tol=1e-9, seed=0, progress=False).run(X, y)
     cov = res.params["tau"] ** 2 * X @ X.T + 0.09 * torch.eye(40)
     exact = dist.MultivariateNormal(torch.zeros(40), cov).log_prob(y)
     assert res.log_evidence == pytest.approx(float(exact), rel=1e-10)
@@ -239,10 +239,10 @@ def test_mixed_latents_and_no_latent_refused(blobs):
 @pytest.mark.parametrize(
     "kwargs, err, match",
     [
-        ({"num_iters": 0}, ValueError, r"num_iters must be a positive int, got 0"),
-        ({"num_iters": 2.5}, TypeError, r"num_iters must be a positive int, got float 2.5"),
+        ({"num_steps": 0}, ValueError, r"num_steps must be a positive int, got 0"),
+        ({"num_steps": 2.5}, TypeError, r"num_steps must be a positive int, got float 2.5"),
         ({"tol": -1.0}, ValueError, r"tol must be a non-negative number .*got -1.0"),
-        ({"n_init": 0}, ValueError, r"n_init must be a positive int, got 0"),
+        ({"num_inits": 0}, ValueError, r"num_inits must be a positive int, got 0"),
         ({"m_step": "newton"}, ValueError, r"m_step must be one of \('auto', 'generic', "
                                            r"'closed_form'\), got 'newton'"),
         ({"m_step": "closed_form"}, ValueError, r"m_step='closed_form' but model 'hmm' has no "
@@ -265,3 +265,23 @@ def test_not_concave_latent_refused():
     with pytest.raises(PyroviError, match=r"precision -H of the latents \['a', 'b'\] is not "
                        r"positive definite.*proper Gaussian prior"):
         EM(model, progress=False).run(torch.tensor(0.5))
+
+
+def test_old_keyword_and_attribute_names_still_work_with_a_deprecation_warning():
+    from pyrovi.em import gaussian_mixture_model
+
+    x = torch.randn(60, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    new = EM(gaussian_mixture_model(2), num_steps=5, num_inits=2, tol=0, seed=0,
+             progress=False).run(x)
+    with pytest.warns(DeprecationWarning, match=r"EM: the keyword num_iters= is now num_steps="):
+        old = EM(gaussian_mixture_model(2), num_iters=5, num_inits=2, tol=0, seed=0,
+                 progress=False).run(x)
+    np.testing.assert_array_equal(old.log_evidence_trace, new.log_evidence_trace)
+    with pytest.warns(DeprecationWarning, match=r"the keyword n_init= is now num_inits="):
+        EM(gaussian_mixture_model(2), n_init=2, progress=False)
+    with pytest.raises(TypeError, match=r"EM got both num_steps= and its old name num_iters="):
+        EM(gaussian_mixture_model(2), num_steps=7, num_iters=5)
+    with pytest.warns(DeprecationWarning, match=r"EMResult.n_iter is now EMResult.num_steps"):
+        assert new.n_iter == new.num_steps == 5
+    with pytest.warns(DeprecationWarning, match=r"EMResult.n_obs is now EMResult.num_obs"):
+        assert new.n_obs == new.num_obs == 60

@@ -44,11 +44,11 @@ def test_sklearn_parity(blobs, cov_type):
     if cov_type == "diag":
         init["covariances"] = torch.ones(3, 2)
     iters = 25
-    res = EM(gaussian_mixture_model(3, cov_type, init=init), num_iters=iters, tol=0,
+    res = EM(gaussian_mixture_model(3, cov_type, init=init), num_steps=iters, tol=0,
              seed=0, progress=False).run(blobs)
     gm = _sklearn(blobs, init, cov_type, iters)
     n = blobs.shape[0]
-    assert res.n_iter == gm.n_iter_ == iters
+    assert res.num_steps == gm.n_iter_ == iters
     # lower_bound_ is the E-step value of the last iteration; score() is at the final params
     assert res.log_evidence_trace[-1] / n == pytest.approx(gm.lower_bound_, rel=1e-6)
     assert res.log_evidence / n == pytest.approx(gm.score(blobs.numpy()), rel=1e-6)
@@ -62,7 +62,7 @@ def test_sklearn_parity(blobs, cov_type):
 
 @pytest.mark.parametrize("cov_type", ["full", "diag"])
 def test_monotone_and_result_fields(blobs, cov_type):
-    res = EM(gaussian_mixture_model(4, cov_type), num_iters=300, tol=1e-9, seed=3,
+    res = EM(gaussian_mixture_model(4, cov_type), num_steps=300, tol=1e-9, seed=3,
              progress=False).run(blobs)
     trace = np.append(res.log_evidence_trace, res.log_evidence)
     assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:]))
@@ -75,7 +75,7 @@ def test_monotone_and_result_fields(blobs, cov_type):
 
 
 def test_gap_zero_and_exact_posterior_draws(blobs):
-    res = EM(gaussian_mixture_model(3), num_iters=20, tol=0, seed=0, progress=False).run(blobs)
+    res = EM(gaussian_mixture_model(3), num_steps=20, tol=0, seed=0, progress=False).run(blobs)
     draws = res.sample(7, seed=1)
     assert draws["assignment"].shape == (7, 300)
     # log p(x, z) - log q(z) is the same (= log p(x)) for every draw when q is exact
@@ -100,8 +100,8 @@ def test_user_gmm_generic_m_step_reaches_closed_form_optimum(blobs):
             z = pyro.sample("z", dist.Categorical(w))
             pyro.sample("x", dist.MultivariateNormal(mu[z], covariance_matrix=cov[z]), obs=data)
 
-    generic = EM(gmm, num_iters=100, tol=1e-9, seed=0, progress=False).run(blobs)
-    closed = EM(gaussian_mixture_model(3, reg_covar=0.0, init=init), num_iters=100, tol=1e-9,
+    generic = EM(gmm, num_steps=100, tol=1e-9, seed=0, progress=False).run(blobs)
+    closed = EM(gaussian_mixture_model(3, reg_covar=0.0, init=init), num_steps=100, tol=1e-9,
                 seed=0, progress=False).run(blobs)
     assert generic.m_step == "generic" and closed.m_step == "closed_form"
     assert generic.converged and closed.converged
@@ -116,22 +116,22 @@ def test_user_gmm_generic_m_step_reaches_closed_form_optimum(blobs):
 
 
 def test_n_init_keeps_best(blobs):
-    res = EM(gaussian_mixture_model(3), num_iters=50, tol=1e-8, n_init=4, seed=11,
+    res = EM(gaussian_mixture_model(3), num_steps=50, tol=1e-8, num_inits=4, seed=11,
              progress=False).run(blobs)
     assert len(res.log_evidence_inits) == 4
     assert res.log_evidence == max(res.log_evidence_inits)
     assert res.best_init == int(np.argmax(res.log_evidence_inits))
     assert res.seed == 11 + res.best_init
-    single = EM(gaussian_mixture_model(3), num_iters=50, tol=1e-8, seed=11 + res.best_init,
+    single = EM(gaussian_mixture_model(3), num_steps=50, tol=1e-8, seed=11 + res.best_init,
                 progress=False).run(blobs)
     assert single.log_evidence == pytest.approx(res.log_evidence, rel=1e-12)
 
 
 def test_float32_matches_float64(blobs):
     init = _init(blobs)
-    r64 = EM(gaussian_mixture_model(3, init=init), num_iters=30, tol=0, seed=0,
+    r64 = EM(gaussian_mixture_model(3, init=init), num_steps=30, tol=0, seed=0,
              progress=False).run(blobs)
-    r32 = EM(gaussian_mixture_model(3, init=init, dtype=torch.float32), num_iters=30, tol=0,
+    r32 = EM(gaussian_mixture_model(3, init=init, dtype=torch.float32), num_steps=30, tol=0,
              seed=0, progress=False).run(blobs)
     assert r32.params["means"].dtype == torch.float32
     assert r32.log_evidence == pytest.approx(r64.log_evidence, rel=1e-5)
@@ -146,7 +146,7 @@ def test_singular_covariance_names_component_and_remedies():
     with pytest.raises(NonFiniteError, match=r"covariance of mixture component 1 .*singular.*"
                        r"Raise the floor reg_covar \(now 0\), use fewer components "
                        r"\(n_components=2\), or scale the data") as info:
-        EM(model, num_iters=10, tol=0, seed=0, progress=False).run(X)
+        EM(model, num_steps=10, tol=0, seed=0, progress=False).run(X)
     assert info.value.site == "covariances"
     assert info.value.result is not None and "means" in info.value.result.params
 
@@ -154,7 +154,7 @@ def test_singular_covariance_names_component_and_remedies():
 def test_convergence_warning_names_knobs(blobs):
     from pyrovi.errors import ConvergenceWarning
 
-    with pytest.warns(ConvergenceWarning, match=r"num_iters=2 .*tol=1e-12.*Increase num_iters"):
-        res = EM(gaussian_mixture_model(3), num_iters=2, tol=1e-12, seed=0,
+    with pytest.warns(ConvergenceWarning, match=r"num_steps=2 .*tol=1e-12.*Increase num_steps"):
+        res = EM(gaussian_mixture_model(3), num_steps=2, tol=1e-12, seed=0,
                  progress=False).run(blobs)
-    assert not res.converged and res.n_iter == 2
+    assert not res.converged and res.num_steps == 2
