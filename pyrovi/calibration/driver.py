@@ -145,8 +145,9 @@ def calibrate(
         What to calibrate: any ``guide`` that :class:`pyrovi.VI` accepts except an
         AutoGuide *instance* (it is bound to one model), or ``"em"`` (also written
         ``"exact"``) for the exact posterior of :class:`pyrovi.EM` (the model must then have
-        ``pyro.param`` sites and latents EM supports).  A guide function must not read the observed values from its
-        arguments: they are the ones passed here, not the simulated ones.
+        ``pyro.param`` sites and latents EM supports).  A guide function must not read the
+        observed values from its arguments: they are the ones passed here, not the
+        simulated ones.
     num_simulations : int
         Number of simulated data sets, one fit each (>= 2; default 100).  The test has
         little power below about 50.
