@@ -95,7 +95,7 @@ def test_fullrank_recovers_the_covariance(optimizer):
     # the ELBO of the exact posterior is log Z = (D/2) log 2 pi - (1/2) log det P
     log_z = 2.5 * math.log(2 * math.pi) - 0.5 * torch.logdet(precision).item()
     assert out.elbo == pytest.approx(log_z, abs=1e-9)
-    assert abs(out.elbo_fresh - log_z) < 4 * out.elbo_fresh_se
+    assert abs(out.elbo_fresh - log_z) < 4 * out.elbo_fresh_se + 1e-8
 
 
 def test_lowrank_fits_a_lowrank_plus_diagonal_covariance():
@@ -218,7 +218,7 @@ def test_params_convert_to_pyro_autoguides(family):
         elbo = Trace_ELBO(num_particles=4000, vectorize_particles=True, max_plate_nesting=1)
         pyro_elbo = -elbo.loss(logistic_regression, guide, *args)
     se = out.elbo_fresh_se
-    assert abs(pyro_elbo - out.elbo_fresh) < 5 * math.sqrt(2) * se
+    assert abs(pyro_elbo - out.elbo_fresh) < 5 * math.sqrt(2) * se + 1e-3
     # and the fixed-draw objective agrees with both (the check passed)
     assert out.check_passed
 
@@ -229,4 +229,22 @@ def test_elbo_fresh_common_draws():
     eps = torch.randn(3000, 5, generator=torch.Generator().manual_seed(0), dtype=F64)
     a = elbo_fresh(log_density, "meanfield", q, eps=eps)
     b = elbo_fresh(log_density, "meanfield", q, eps=eps, chunk=700)
-    assert a[0] == pytest.approx(b[0], abs=1e-9) and a[1] > 0
+    assert a[0] == pytest.approx(b[0], abs=1e-9) and a[1] >= 0
+    # q is not the target here: the estimate is the mean of log p - log q
+    lp = log_density(mean + eps * q.scale)
+    assert a[0] == pytest.approx(float(lp.mean() + entropy("meanfield", q)), abs=5 * a[1])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_log_q_is_the_gaussian_log_density(family):
+    from pyrovi.fast.dadvi import _log_q, _unpack
+
+    dim, rank = 4, 2
+    g = torch.Generator().manual_seed(2)
+    theta = torch.randn(num_params(family, dim, rank), generator=g, dtype=F64)
+    q = unpack(family, theta, dim, rank)
+    eps = torch.randn(5, dim + (rank if family == "lowrank" else 0), generator=g, dtype=F64)
+    u = draw(family, q, eps)
+    mvn = torch.distributions.MultivariateNormal(q.loc, covariance(family, q))
+    p = _unpack(family, theta, dim, rank if family == "lowrank" else 0)
+    torch.testing.assert_close(_log_q(family, p, u, eps), mvn.log_prob(u))
