@@ -660,7 +660,7 @@ class DadviOutcome:
     num_points : int
         Log densities evaluated in all (points over all calls).
     grad_norm : float
-        ``max |grad|`` of the final objective at the optimum.
+        ``max |grad|`` of the final objective at the optimum (see ``tol``).
     converged : bool
         Whether the final optimization met the gradient tolerance.
     check_passed : bool
@@ -671,6 +671,12 @@ class DadviOutcome:
         Seconds.
     optimizer : str
         ``"lbfgs"`` or ``"newton"``.
+    rank : int
+        The lowrank family's rank (0 otherwise).
+    draw_scheme : str
+        How the fixed draws were made.
+    draws : Tensor (M, noise_dim)
+        The fixed draws of the final fit (for :func:`linear_response_covariance`).
     notes : tuple of str
         Plain-words remarks (non-convergence, the draw cap hit, the draw scheme used).
     """
@@ -694,7 +700,7 @@ class DadviOutcome:
     notes: tuple[str, ...]
     rank: int = 0
     draw_scheme: str = "moment_matched"
-    seed: int = 0
+    draws: torch.Tensor | None = dataclasses.field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -760,7 +766,11 @@ def fit_dadvi(
         Cap on ``M`` for the fresh-draw check's refits.
     tol : float, optional
         Stop when ``max |grad|`` of the objective is below ``tol`` (default ``1e-6`` in
-        float64, ``1e-3`` in float32 log densities).
+        float64, ``1e-3`` in float32 log densities).  For L-BFGS the gradient is taken in
+        coordinates whitened by the fitted q (``loc = loc* + A* a``, ``A = A* B``): nats per
+        posterior standard deviation, the same whatever the latents' scales.  Where the
+        optimum is only approached in a limit (lowrank: a scale -> 0), the fit stops when
+        the objective changes by < 1e-9 relative over 20 iterations, with a note.
     max_iters : int
         Optimizer iterations per fit.
     check_tol : float
@@ -771,9 +781,11 @@ def fit_dadvi(
         ``num_fresh=0`` skips the check (``check_passed`` is then False, with a note).
     draws : {"moment_matched", "antithetic", "iid"}
         How the fixed draws are made (see the module docstring).
-    optimizer : {"lbfgs", "newton", "auto"}
-        L-BFGS (strong Wolfe), or trust-region Newton with the exact dense Hessian
-        (``"auto"``: Newton when ``theta`` has at most 64 entries).
+    optimizer : {"lbfgs", "newton"}
+        L-BFGS (strong Wolfe; first in ``theta``, then in coordinates whitened by the
+        current q), or trust-region Newton with the exact dense Hessian (measured slower
+        in wall time on D=10 problems: the Hessian costs more than L-BFGS's extra
+        iterations).
     init : Tensor (D,) or Gaussian, optional
         Initial ``loc`` (scales then ``init_scale``), or a whole initial q (warm start).
     seed, generator
@@ -786,14 +798,18 @@ def fit_dadvi(
     Returns
     -------
     DadviOutcome
+
+    Raises
+    ------
+    ValueError
+        An unknown family, optimizer or draw scheme; or an objective that is not finite at
+        the initial q.
     """
     _check_family(family)
     if family == "lowrank":
         rank = int(rank) if rank is not None else max(1, round(math.sqrt(dim)))
     else:
         rank = 0
-    if optimizer == "auto":
-        optimizer = "newton" if num_params(family, dim, rank) <= 64 else "lbfgs"
     if optimizer not in ("lbfgs", "newton"):
         raise ValueError(f"unknown optimizer {optimizer!r}")
     if tol is None:
@@ -835,6 +851,12 @@ def fit_dadvi(
             )
         else:
             run = _newton(f, theta, tol, max_iters)
+        if not math.isfinite(run.value) and run.iters == 0:
+            raise ValueError(
+                "the fixed-draw ELBO is not finite at the initial q (the log density is -inf, "
+                "nan or has no finite gradient at some draws); start elsewhere (init, "
+                "init_scale)"
+            )
         total_iters += run.iters
         theta = run.theta
         if run.converged and run.message:
@@ -893,25 +915,8 @@ def fit_dadvi(
         notes=tuple(n for n in notes if n),
         rank=rank,
         draw_scheme=draws,
-        seed=seed,
+        draws=eps,
     )
-
-
-def _final_draws(outcome: DadviOutcome, dim: int) -> torch.Tensor:
-    """Rebuild the fixed draws of ``outcome``'s final fit from its seed."""
-    n_noise = noise_dim(outcome.family, dim, outcome.rank)
-    gen = torch.Generator().manual_seed(outcome.seed)
-    torch.randint(2**62, (1,), generator=gen)  # the fresh-draw seed
-    work = outcome.theta.dtype
-    if outcome.family == "lowrank":
-        torch.randn(dim, outcome.rank, generator=gen, dtype=torch.float64)  # the W init
-    rows = []
-    have = 0
-    for m_i, *_ in outcome.draws_history:
-        need = _draw_count(m_i, outcome.draw_scheme) - have
-        rows.append(_raw_normals(need, n_noise, gen, work))
-        have += need
-    return fixed_draws(torch.cat(rows), outcome.draw_scheme)
 
 
 def linear_response_covariance(
@@ -931,13 +936,12 @@ def linear_response_covariance(
     ``meanfield`` (whose own variances are too small) and is the exact posterior covariance
     for a linear-Gaussian model.  Cost: one dense Hessian of ``theta``'s size.
 
-    ``eps`` are the fixed draws; by default they are rebuilt from the outcome's seed (only
-    for outcomes made with ``seed=``, not ``generator=``).
+    ``eps`` are the fixed draws, by default those of the outcome's final fit.
     """
     family = outcome.family
     dim = outcome.params.loc.shape[-1]
     if eps is None:
-        eps = _final_draws(outcome, dim)
+        eps = outcome.draws
     f = _neg_objective(family, log_density, eps, dim, outcome.rank, dtype)
     h = _hessian(f, outcome.theta)
     h = 0.5 * (h + h.T)

@@ -248,3 +248,23 @@ def test_log_q_is_the_gaussian_log_density(family):
     mvn = torch.distributions.MultivariateNormal(q.loc, covariance(family, q))
     p = _unpack(family, theta, dim, rank if family == "lowrank" else 0)
     torch.testing.assert_close(_log_q(family, p, u, eps), mvn.log_prob(u))
+
+
+def test_non_finite_regions_make_the_line_search_step_back():
+    calls = {"inf": 0}
+
+    def log_density(u):
+        value = -0.5 * (u * u).sum(-1)
+        out = torch.where(u.abs().max(-1).values > 4.5, -math.inf, value)
+        calls["inf"] += int((~torch.isfinite(out)).any())
+        return out
+
+    out = fit_dadvi(log_density, 3, "fullrank", num_fresh=500)
+    assert calls["inf"] > 0  # the line search did overshoot into the -inf region
+    assert out.converged and math.isfinite(out.elbo)
+    torch.testing.assert_close(out.params.scale, torch.ones(3, dtype=F64), atol=1e-5, rtol=0)
+
+
+def test_a_non_finite_start_is_refused():
+    with pytest.raises(ValueError, match="not finite at the initial q"):
+        fit_dadvi(lambda u: torch.full(u.shape[:1], math.nan, dtype=u.dtype), 2, "meanfield")
