@@ -369,7 +369,7 @@ def _log_q(family: str, p: _Unpacked, u: torch.Tensor, eps: torch.Tensor) -> tor
 
 
 def _check(log_density, family, q, elbo, num_fresh, max_fresh, check_tol, generator, dtype):
-    """The fresh-draw check: ``(fresh, se, passed, allowed)``.
+    """The fresh-draw check: ``(fresh, se, passed, allowed, num_fresh_used)``.
 
     Passes when ``|elbo - fresh| <= max(check_tol, 3 se)``; while the gap exceeds
     ``check_tol`` but not ``3 se`` (inconclusive) the fresh draws are doubled, up to
@@ -386,13 +386,13 @@ def _check(log_density, family, q, elbo, num_fresh, max_fresh, check_tol, genera
         n = want
         lw = torch.cat(values)
         if not torch.isfinite(lw).all():
-            return float("nan"), math.inf, False, math.inf
+            return float("nan"), math.inf, False, math.inf, n
         fresh = float(lw.mean())
         se = float(lw.std() / math.sqrt(n))
         gap = abs(elbo - fresh)
         if gap <= check_tol or gap > 3.0 * se or n >= max_fresh:
             allowed = max(check_tol, 3.0 * se)
-            return fresh, se, gap <= allowed, allowed
+            return fresh, se, gap <= allowed, allowed, n
         want = min(2 * n, max_fresh)
 
 
@@ -650,6 +650,8 @@ class DadviOutcome:
     elbo_fresh, elbo_fresh_se : float
         The ELBO at the optimum on the check's independent draws (``num_fresh`` to
         ``max_fresh``; mean of log p - log q), and its standard error.
+    num_fresh : int
+        The independent draws behind ``elbo_fresh`` (0 when the check was skipped).
     num_draws : int
         ``M``, the fixed draws of the final fit.
     num_iters : int
@@ -687,6 +689,7 @@ class DadviOutcome:
     elbo: float
     elbo_fresh: float
     elbo_fresh_se: float
+    num_fresh: int
     num_draws: int
     num_iters: int
     num_evals: int
@@ -864,11 +867,11 @@ def fit_dadvi(
         q = unpack(family, theta, dim, rank)
         elbo = -run.value
         if num_fresh > 0:
-            fresh, se, passed, allowed = _check(
+            fresh, se, passed, allowed, n_fresh = _check(
                 counter, family, q, elbo, num_fresh, max_fresh, check_tol, fresh_gen, dtype
             )
         else:
-            fresh, se, passed, allowed = float("nan"), float("nan"), False, math.nan
+            fresh, se, passed, allowed, n_fresh = math.nan, math.nan, False, math.nan, 0
         history_rows.append((m, elbo, fresh, se))
         if passed or num_fresh <= 0 or m >= max_draws:
             break
@@ -902,6 +905,7 @@ def fit_dadvi(
         elbo=elbo,
         elbo_fresh=fresh,
         elbo_fresh_se=se,
+        num_fresh=n_fresh,
         num_draws=m,
         num_iters=total_iters,
         num_evals=counter.calls,
