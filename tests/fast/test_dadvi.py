@@ -1,0 +1,270 @@
+"""DADVI: exact optima on Gaussian targets, the exact evidence on linear regression, the
+fresh-draw check growing M, linear-response covariances, and Pyro's autoguides."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO, autoguide
+
+import pyrovi
+from pyrovi import datasets, models
+from pyrovi.fast import families
+from pyrovi.fast.dadvi import (
+    FAMILIES,
+    Gaussian,
+    autoguide_values,
+    covariance,
+    draw,
+    elbo_fresh,
+    entropy,
+    fit_dadvi,
+    fixed_draws,
+    linear_response_covariance,
+    model_log_density,
+    num_params,
+    pack,
+    unpack,
+    write_autoguide,
+)
+from tests.fast.models import data, logistic_regression
+
+F64 = torch.float64
+
+
+def _gaussian_target(dim=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(dim, dim, generator=g, dtype=F64)
+    precision = a @ a.T + dim * torch.eye(dim, dtype=F64)
+    mean = torch.randn(dim, generator=g, dtype=F64)
+
+    def log_density(u):
+        d = u - mean
+        return -0.5 * ((d @ precision) * d).sum(-1)
+
+    return log_density, mean, precision
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pack_unpack_draw_entropy_match_pyrovi_families(family):
+    dim, rank = 4, 2
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(num_params(family, dim, rank), generator=g, dtype=F64)
+    q = unpack(family, theta, dim, rank)
+    torch.testing.assert_close(pack(family, q), theta)
+    if family == "fullrank":
+        torch.testing.assert_close(q.factor.diagonal(), torch.ones(dim, dtype=F64))
+    eps = torch.randn(7, dim + (rank if family == "lowrank" else 0), generator=g, dtype=F64)
+    qp = families.QParams(q.loc, q.scale, q.factor)
+    torch.testing.assert_close(draw(family, q, eps), families.draw(family, qp, eps))
+    torch.testing.assert_close(entropy(family, q), families.entropy(family, qp))
+    torch.testing.assert_close(covariance(family, q), families.covariance(family, qp))
+
+
+def test_moment_matched_draws_have_exact_first_two_moments():
+    raw = torch.randn(8, 5, generator=torch.Generator().manual_seed(0), dtype=F64)
+    eps = fixed_draws(raw, "moment_matched")
+    assert eps.shape == (16, 5)
+    torch.testing.assert_close(eps.mean(0), torch.zeros(5, dtype=F64))
+    torch.testing.assert_close(eps.T @ eps / 16, torch.eye(5, dtype=F64))
+    torch.testing.assert_close(fixed_draws(raw[:3], "moment_matched").mean(0),
+                               torch.zeros(5, dtype=F64))  # too few to whiten: antithetic
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "newton"])
+def test_meanfield_optimum_on_correlated_gaussian(optimizer):
+    log_density, mean, precision = _gaussian_target()
+    out = fit_dadvi(log_density, 5, "meanfield", optimizer=optimizer, num_fresh=500)
+    assert out.converged and out.check_passed and out.num_draws == 32  # default: max(32, 2 D)
+    torch.testing.assert_close(out.params.loc, mean, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.params.scale**2, 1 / precision.diagonal(), atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "newton"])
+def test_fullrank_recovers_the_covariance(optimizer):
+    log_density, mean, precision = _gaussian_target()
+    out = fit_dadvi(log_density, 5, "fullrank", optimizer=optimizer, num_fresh=500)
+    assert out.converged and out.check_passed
+    torch.testing.assert_close(out.params.loc, mean, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        covariance("fullrank", out.params), torch.linalg.inv(precision), atol=1e-7, rtol=0
+    )
+    # the ELBO of the exact posterior is log Z = (D/2) log 2 pi - (1/2) log det P
+    log_z = 2.5 * math.log(2 * math.pi) - 0.5 * torch.logdet(precision).item()
+    assert out.elbo == pytest.approx(log_z, abs=1e-9)
+    assert abs(out.elbo_fresh - log_z) < 4 * out.elbo_fresh_se + 1e-8
+
+
+def test_lowrank_fits_a_lowrank_plus_diagonal_covariance():
+    dim = 6
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(dim, 2, generator=g, dtype=F64)
+    s = 0.5 + torch.rand(dim, generator=g, dtype=F64)
+    target = Gaussian(torch.randn(dim, generator=g, dtype=F64), s, w)
+    sigma = covariance("lowrank", target)
+    precision = torch.linalg.inv(sigma)
+
+    def log_density(u):
+        d = u - target.loc
+        return -0.5 * ((d @ precision) * d).sum(-1)
+
+    out = fit_dadvi(log_density, dim, "lowrank", rank=2, num_draws=64, num_fresh=500)
+    assert out.converged and out.check_passed
+    torch.testing.assert_close(covariance("lowrank", out.params), sigma, atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    X, y = datasets.diabetes()
+    log_density, layout = model_log_density(models.linear_regression, (X, y))
+    # exact posterior of w ~ N(0, I), y ~ N(X w, 0.7^2)
+    precision = X.T @ X / 0.7**2 + torch.eye(X.shape[1], dtype=F64)
+    return X, y, log_density, layout, precision
+
+
+def test_fullrank_elbo_is_the_exact_log_evidence_on_diabetes(diabetes):
+    X, y, log_density, layout, precision = diabetes
+    out = fit_dadvi(log_density, layout.dim, "fullrank", num_fresh=1000)
+    exact = pyrovi.log_evidence(models.linear_regression, X, y, method="exact").value
+    assert out.ok
+    assert out.elbo == pytest.approx(exact, abs=1e-6)
+    assert abs(out.elbo_fresh - exact) < 4 * out.elbo_fresh_se + 1e-6
+    torch.testing.assert_close(
+        covariance("fullrank", out.params), torch.linalg.inv(precision), atol=1e-8, rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "newton"])
+def test_linear_response_is_the_exact_posterior_covariance(diabetes, optimizer):
+    _, _, log_density, layout, precision = diabetes
+    out = fit_dadvi(log_density, layout.dim, "meanfield", optimizer=optimizer, num_fresh=0)
+    cov = linear_response_covariance(log_density, out)
+    exact = torch.linalg.inv(precision)
+    torch.testing.assert_close(cov, exact, atol=1e-8, rtol=1e-6)
+    # while mean-field's own variances are too small where the features are collinear
+    assert (out.params.scale**2 < exact.diagonal() * 0.9).any()
+
+
+def _quartic(u):
+    """A light-tailed, non-Gaussian target: few draws overfit its ELBO."""
+    return -(u**4).sum(-1) / 4 - (u[:, 0] - u[:, 1]) ** 2
+
+
+def test_fresh_draw_check_grows_the_draws():
+    out = fit_dadvi(_quartic, 2, "meanfield", num_draws=2, max_draws=512, num_fresh=4000,
+                    check_tol=0.02)
+    assert out.converged and out.check_passed
+    assert out.num_draws > 2 and len(out.draws_history) > 1
+    first = out.draws_history[0]
+    assert abs(first[1] - first[2]) > max(0.02, 3 * first[3])  # M=2 failed the check
+    assert abs(out.elbo - out.elbo_fresh) <= max(0.02, 3 * out.elbo_fresh_se)
+    assert any("grew M" in n for n in out.notes)
+
+
+def test_fresh_draw_check_reports_the_cap():
+    out = fit_dadvi(_quartic, 2, "meanfield", num_draws=2, max_draws=2, num_fresh=4000,
+                    check_tol=0.02)
+    assert out.converged and not out.check_passed and not out.ok
+    assert out.num_draws == 2
+    assert any("cap" in n for n in out.notes)
+
+
+def test_fit_is_deterministic():
+    a = fit_dadvi(_quartic, 2, "fullrank", seed=3, num_fresh=100)
+    b = fit_dadvi(_quartic, 2, "fullrank", seed=3, num_fresh=100)
+    assert torch.equal(a.theta, b.theta) and a.elbo == b.elbo
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_params_convert_to_pyro_autoguides(family):
+    args = data("logistic_regression")
+    log_density, layout = model_log_density(logistic_regression, args)
+    out = fit_dadvi(log_density, layout.dim, family, rank=2, num_fresh=4000, dtype=torch.float32)
+    assert out.converged
+    guide_class = {
+        "meanfield": autoguide.AutoNormal,
+        "fullrank": autoguide.AutoMultivariateNormal,
+        "lowrank": autoguide.AutoLowRankMultivariateNormal,
+    }[family]
+    kwargs = {"rank": 2} if family == "lowrank" else {}
+    guide = guide_class(logistic_regression, **kwargs)
+    store = pyro.get_param_store()
+    with store.scope():
+        guide(*args)
+        write_autoguide(guide, family, out.params, layout)
+        if family == "meanfield":
+            for site, loc in layout.unpack(out.params.loc).items():
+                torch.testing.assert_close(getattr(guide.locs, site).double(), loc,
+                                           atol=1e-6, rtol=0)
+            scales = autoguide_values(family, out.params, layout)
+            for site in layout.names:
+                torch.testing.assert_close(
+                    getattr(guide.scales, site).double(), scales[f"scales.{site}"],
+                    atol=1e-6, rtol=1e-5,
+                )
+        else:
+            posterior = guide.get_posterior()
+            torch.testing.assert_close(posterior.mean.double(), out.params.loc, atol=1e-6, rtol=0)
+            torch.testing.assert_close(
+                posterior.covariance_matrix.double(),
+                covariance(family, out.params),
+                atol=1e-5,
+                rtol=1e-4,
+            )
+        pyro.set_rng_seed(0)
+        elbo = Trace_ELBO(num_particles=4000, vectorize_particles=True, max_plate_nesting=1)
+        pyro_elbo = -elbo.loss(logistic_regression, guide, *args)
+    se = out.elbo_fresh_se
+    assert abs(pyro_elbo - out.elbo_fresh) < 5 * math.sqrt(2) * se + 1e-3
+    # and the fixed-draw objective agrees with both (the check passed)
+    assert out.check_passed
+
+
+def test_elbo_fresh_common_draws():
+    log_density, mean, precision = _gaussian_target()
+    q = Gaussian(mean, precision.diagonal() ** -0.5)
+    eps = torch.randn(3000, 5, generator=torch.Generator().manual_seed(0), dtype=F64)
+    a = elbo_fresh(log_density, "meanfield", q, eps=eps)
+    b = elbo_fresh(log_density, "meanfield", q, eps=eps, chunk=700)
+    assert a[0] == pytest.approx(b[0], abs=1e-9) and a[1] >= 0
+    # q is not the target here: the estimate is the mean of log p - log q
+    lp = log_density(mean + eps * q.scale)
+    assert a[0] == pytest.approx(float(lp.mean() + entropy("meanfield", q)), abs=5 * a[1])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_log_q_is_the_gaussian_log_density(family):
+    from pyrovi.fast.dadvi import _log_q, _unpack
+
+    dim, rank = 4, 2
+    g = torch.Generator().manual_seed(2)
+    theta = torch.randn(num_params(family, dim, rank), generator=g, dtype=F64)
+    q = unpack(family, theta, dim, rank)
+    eps = torch.randn(5, dim + (rank if family == "lowrank" else 0), generator=g, dtype=F64)
+    u = draw(family, q, eps)
+    mvn = torch.distributions.MultivariateNormal(q.loc, covariance(family, q))
+    p = _unpack(family, theta, dim, rank if family == "lowrank" else 0)
+    torch.testing.assert_close(_log_q(family, p, u, eps), mvn.log_prob(u))
+
+
+def test_non_finite_regions_make_the_line_search_step_back():
+    calls = {"inf": 0}
+
+    def log_density(u):
+        value = -0.5 * (u * u).sum(-1)
+        out = torch.where(u.abs().max(-1).values > 4.5, -math.inf, value)
+        calls["inf"] += int((~torch.isfinite(out)).any())
+        return out
+
+    out = fit_dadvi(log_density, 3, "fullrank", num_fresh=500)
+    assert calls["inf"] > 0  # the line search did overshoot into the -inf region
+    assert out.converged and math.isfinite(out.elbo)
+    torch.testing.assert_close(out.params.scale, torch.ones(3, dtype=F64), atol=1e-5, rtol=0)
+
+
+def test_a_non_finite_start_is_refused():
+    with pytest.raises(ValueError, match="not finite at the initial q"):
+        fit_dadvi(lambda u: torch.full(u.shape[:1], math.nan, dtype=u.dtype), 2, "meanfield")
