@@ -45,7 +45,7 @@ def _regression_fits(quick: bool, seed: int, device):
     families = ["meanfield", "fullrank"]
     if not quick:
         families = ["meanfield", "lowrank:3", "fullrank", "laplace"]
-    kw = dict(seed=seed, progress=False, device=device)
+    kw = dict(seed=seed, progress=True, device=device)
     if quick:
         kw.update(num_steps=600)
     return {fam: pyrovi.VI(linear_regression, fam, **kw).run(X, y) for fam in families}
@@ -96,10 +96,10 @@ def _mixture_fits(quick: bool, seed: int, device):
 
     data = _iris()
     em = pyrovi.EM(
-        gaussian_mixture_model(3, covariance_type="diag"), seed=seed, progress=False,
+        gaussian_mixture_model(3, covariance_type="diag"), seed=seed, progress=True,
         num_inits=1 if quick else 3, device=device,
     ).run(data)
-    kw = dict(seed=seed, progress=False, device=device)
+    kw = dict(seed=seed, progress=True, device=device)
     if quick:
         kw.update(num_steps=600)
     vb = pyrovi.VI(_mixture_model, "meanfield", **kw).run(data)
@@ -116,7 +116,7 @@ def _schools_fits(quick: bool, seed: int, device):
     from pyrovi.models import eight_schools_noncentered
 
     y, sigma = eight_schools()
-    kw = dict(seed=seed, progress=False, device=device)
+    kw = dict(seed=seed, progress=True, device=device)
     if quick:
         kw.update(num_steps=600)
     return {
@@ -164,9 +164,30 @@ def _prepare_out(out: str | None, force: bool) -> str:
 
 
 def _verdict(name: str, results: dict, table) -> str:
-    """Plain words: which family is good enough, and what the others miss."""
-    rows = [r for r in table.rows if r["gap"] == r["gap"]]
-    words = [f"{r['name']} gap {r['gap']:.2f} ± {r['gap_se']:.2f} nats" for r in rows]
+    """Plain words, from the table's own numbers: each fit's gap with its error, what its
+    k-hat says against the sample-size threshold, and what meanfield misses."""
+    from pyrovi.diagnostics.diagnose import format_gap
+
+    words = []
+    for r in table.rows:
+        diag = table.diagnostics[r["name"]]
+        if diag.exact_posterior:
+            words.append(f"{r['name']}: exact posterior (gap 0; its {diag.evidence_label} is "
+                         "a likelihood at the fitted parameters, not a marginal likelihood)")
+            continue
+        if r["gap"] != r["gap"]:
+            continue
+        gap = format_gap(r["gap"], r["gap_se"])
+        text = f"{r['name']} gap {gap} ± {r['gap_se']:.2f} nats"
+        if diag.khat_applies:
+            ok = diag.khat < diag.khat_threshold
+            text += (f", k-hat {diag.khat:.2f} {'<' if ok else '>='} "
+                     f"{diag.khat_threshold:.2f} ({'reliable' if ok else 'unreliable'}: "
+                     + ("importance estimates can be trusted" if ok else
+                        "q misses posterior mass, so the gap and any importance-corrected "
+                        "estimate are unreliable; try a richer family")
+                     + ")")
+        words.append(text)
     vi = {k: r for k, r in results.items() if r.kind == "vi"}
     if "meanfield" in vi and "fullrank" in vi:
         mf = vi["meanfield"].sample(2000, seed=0)
@@ -207,11 +228,12 @@ def _run_case(case: DemoCase, out: str, *, quick: bool, seed: int, device) -> li
     print(table, flush=True)
     verdict = _verdict(case.name, results, table)
     print(f"  verdict: {verdict}  ({time.perf_counter() - t0:.1f} s)\n", flush=True)
-    ax = pyrovi.plot_elbo(results, log_evidence=evidence.value if evidence else None)
-    ax.figure.savefig(os.path.join(out, f"{case.name}_elbo.png"), dpi=90)
+    ax = pyrovi.plot_elbo(results, log_evidence=evidence, diagnostics=table)
+    ax.figure.savefig(os.path.join(out, f"{case.name}_elbo.png"), dpi=150,
+                      bbox_inches="tight")
     plt.close(ax.figure)
     ax = pyrovi.plot_gap(table)
-    ax.figure.savefig(os.path.join(out, f"{case.name}_gap.png"), dpi=90)
+    ax.figure.savefig(os.path.join(out, f"{case.name}_gap.png"), dpi=150, bbox_inches="tight")
     plt.close(ax.figure)
     return [
         f"## {case.title}", "", "```", str(table), "```", "", f"**Verdict:** {verdict}", "",

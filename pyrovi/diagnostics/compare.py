@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from pyrovi._result import FitResult
-from pyrovi.diagnostics.diagnose import Diagnostics, diagnose
+from pyrovi.diagnostics.diagnose import Diagnostics, diagnose, format_gap
 
 __all__ = ["ComparisonTable", "compare", "COLUMNS"]
 
@@ -22,6 +22,7 @@ COLUMNS = {
     "log_evidence": ("log p(x)", "{:.4f}"),
     "log_evidence_se": ("log p(x) se", "{:.4f}"),
     "log_evidence_method": ("method", "{}"),
+    "evidence_of": ("of", "{}"),
     "gap": ("gap", "{:.4f}"),
     "gap_se": ("gap se", "{:.4f}"),
     "khat": ("k-hat", "{:.3f}"),
@@ -40,8 +41,16 @@ class ComparisonTable:
     rows : tuple of dict
         One dict per fit with the keys of :data:`COLUMNS`: ``name``, ``family``, ``elbo``,
         ``elbo_se``, ``log_evidence``, ``log_evidence_se``, ``log_evidence_method``,
-        ``gap``, ``gap_se`` (nats), ``khat``, ``ess``, ``num_steps`` (optimizer steps or EM
-        iterations) and ``wall_time`` (seconds of the fit).
+        ``evidence_of`` (``"p(x)"``, or ``"p(x | theta)"`` when the evidence is conditional on
+        fitted ``pyro.param`` values: EM's, say; such a number is not a marginal likelihood
+        and compares only with fits of the same parameters), ``gap``, ``gap_se`` (nats),
+        ``khat``, ``ess`` (NaN where they do not apply: an exact posterior), ``num_steps``
+        (optimizer steps or EM iterations) and ``wall_time`` (seconds of the fit).
+
+    Notes
+    -----
+    As printed, a gap within two standard errors of zero reads ``~0`` and an exact
+    posterior's gap ``0 (exact)``; k-hat and ESS read ``-`` where they do not apply.
     diagnostics : dict of str to Diagnostics
         The full diagnostics of each fit, by name.
     """
@@ -58,9 +67,16 @@ class ComparisonTable:
         out = []
         for row in self.rows:
             cells = []
+            exact = self.diagnostics[row["name"]].exact_posterior
             for key, (_, fmt) in COLUMNS.items():
                 value = row[key]
-                if isinstance(value, float) and not math.isfinite(value):
+                if key == "gap":
+                    cells.append(format_gap(value, row["gap_se"], exact))
+                elif key in ("khat", "ess", "gap_se") and exact:
+                    cells.append("-")
+                elif key in ("khat", "ess") and not math.isfinite(value):
+                    cells.append("-")
+                elif isinstance(value, float) and not math.isfinite(value):
                     cells.append(str(value))
                 else:
                     cells.append(fmt.format(value))
@@ -113,10 +129,11 @@ def _row(name: str, result: FitResult, diag: Diagnostics) -> dict:
         "log_evidence": diag.log_evidence,
         "log_evidence_se": diag.log_evidence_se,
         "log_evidence_method": diag.log_evidence_method,
-        "gap": diag.gap,
-        "gap_se": diag.gap_se,
-        "khat": diag.khat,
-        "ess": diag.ess,
+        "evidence_of": "p(x | theta)" if diag.given_params else "p(x)",
+        "gap": 0.0 if diag.exact_posterior else diag.gap,
+        "gap_se": 0.0 if diag.exact_posterior else diag.gap_se,
+        "khat": diag.khat if diag.khat_applies else math.nan,
+        "ess": diag.ess if diag.khat_applies else math.nan,
         "num_steps": int(result.num_steps),
         "wall_time": float(result.wall_time),
     }

@@ -82,6 +82,14 @@ class Diagnostics:
         for EM).
     log_evidence_estimate : Estimate
         The full log-evidence estimate (method details in ``info``).
+    exact_posterior : bool
+        Whether q is the exact posterior (an EM fit): the gap is 0 by construction and
+        ``khat``/``ess`` say nothing (the weights are constant).
+    given_params : tuple of str
+        The model's ``pyro.param`` sites: when there are any, ``log_evidence`` is
+        :math:`\log p(x \mid \hat\theta)` at their fitted values, a likelihood of point
+        estimates, not the marginal likelihood of a model with every quantity integrated
+        out; two such numbers compare only across fits of the same parameters.
     """
 
     family: str
@@ -100,6 +108,25 @@ class Diagnostics:
     num_particles: int
     gradient_estimators: dict
     log_evidence_estimate: Estimate = dataclasses.field(repr=False)
+    exact_posterior: bool = False
+    given_params: tuple = ()
+
+    @property
+    def evidence_label(self) -> str:
+        """``"log p(x)"``, or ``"log p(x | theta)"`` when the evidence is conditional on
+        fitted ``pyro.param`` values (:attr:`given_params`)."""
+        return "log p(x | theta)" if self.given_params else "log p(x)"
+
+    @property
+    def khat_applies(self) -> bool:
+        """Whether k-hat says anything: False for an exact posterior (constant weights)."""
+        return not self.exact_posterior and math.isfinite(self.khat)
+
+    @property
+    def gap_is_zero(self) -> bool:
+        """Whether the gap is zero within its Monte Carlo error (two standard errors), or
+        exactly zero (an exact posterior)."""
+        return self.exact_posterior or abs(self.gap) <= max(2.0 * self.gap_se, 5e-5)
 
     def iwae_bound(self, k: int) -> Bound:
         """The bound :math:`\\mathcal{L}_K` for ``k`` (KeyError if not computed)."""
@@ -112,17 +139,34 @@ class Diagnostics:
         lines = [
             f"Diagnostics of a {self.family!r} fit ({self.num_particles} draws from q)",
             f"  ELBO            {self.elbo:14.4f} ± {self.elbo_se:.4f}",
-            f"  log p(x)        {self.log_evidence:14.4f} ± {self.log_evidence_se:.4f}"
-            f"  ({self.log_evidence_method})",
-            f"  gap (KL)        {self.gap:14.4f} ± {self.gap_se:.4f}",
+            f"  {self.evidence_label:<16s}{self.log_evidence:14.4f} ± "
+            f"{self.log_evidence_se:.4f}  ({self.log_evidence_method})",
+            f"  gap (KL)        {format_gap(self.gap, self.gap_se, self.exact_posterior):>14s}"
+            + ("" if self.exact_posterior else f" ± {self.gap_se:.4f}"),
         ]
         for b in self.iwae:
             lines.append(f"  L_{b.k:<13d} {b.value:14.4f} ± {b.se:.4f}")
-        lines.append(f"  ESS             {self.ess:14.1f}")
-        lines.append(f"  k-hat           {self.khat:14.3f}  ({self.khat_verdict})")
+        if self.khat_applies:
+            lines.append(f"  ESS             {self.ess:14.1f}")
+            lines.append(f"  k-hat           {self.khat:14.3f}  ({self.khat_verdict})")
+        else:
+            lines.append("  k-hat, ESS                   -  (q is the exact posterior: "
+                         "constant weights)")
         for site, est in self.gradient_estimators.items():
             lines.append(f"  gradient of {site!r}: {est}")
         return "\n".join(lines)
+
+
+def format_gap(gap: float, se: float, exact: bool = False) -> str:
+    """The gap as printed everywhere (tables, reports, plots): ``"0 (exact)"`` for an exact
+    posterior, ``"~0"`` within two standard errors of zero, else four decimals."""
+    if exact:
+        return "0 (exact)"
+    if not math.isfinite(gap):
+        return str(gap)
+    if abs(gap) <= max(2.0 * se, 5e-5):
+        return "~0"
+    return f"{gap:.4f}"
 
 
 def _check_evidence(evidence):
@@ -232,4 +276,6 @@ def diagnose(
         num_particles=weights.num_particles,
         gradient_estimators=gradient_estimators(result),
         log_evidence_estimate=estimate,
+        exact_posterior=bool(result.exact_posterior),
+        given_params=tuple(n for n, site in info.trace.nodes.items() if site["type"] == "param"),
     )

@@ -6,6 +6,7 @@ import pytest
 
 from pyrovi.diagnostics import ComparisonTable, compare, log_evidence, plot_elbo, plot_gap
 from pyrovi.diagnostics.compare import COLUMNS
+from pyrovi.diagnostics.diagnose import format_gap
 
 matplotlib.use("Agg")
 
@@ -49,18 +50,57 @@ def test_compare_bad_input():
         compare(3)
 
 
-def test_plot_elbo_lines_and_shading(meanfield, fullrank, exact):
+def test_plot_elbo_draws_the_tables_numbers(meanfield, fullrank, exact, table):
+    """The final ELBO point and the legend's gap are the comparison table's numbers; the
+    running mean carries its Monte Carlo band; the evidence line is where it should be."""
     ref = log_evidence(fullrank)
     assert ref.value == pytest.approx(exact, abs=1e-6)
     style = dict(plt.rcParams)
-    ax = plot_elbo({"meanfield": meanfield, "fullrank": fullrank}, log_evidence=ref)
-    assert len(ax.get_lines()) == 3  # two ELBO traces + the log-evidence line
-    assert len(ax.collections) == 2  # one shaded gap per fit
-    assert ax.get_lines()[-1].get_ydata()[0] == pytest.approx(exact)
+    ax = plot_elbo({"meanfield": meanfield, "fullrank": fullrank}, log_evidence=ref,
+                   diagnostics=table)
+    labels = ax.get_legend_handles_labels()[1]
+    for name in ("meanfield", "fullrank"):
+        diag = table.diagnostics[name]
+        assert f"{name}: ELBO, running mean ± 2 se" in labels
+        point = next(lab for lab in labels if lab.startswith(f"{name}: final ELBO"))
+        assert f"{diag.elbo:.4g} ± {diag.elbo_se:.2g}" in point
+        assert f"gap {format_gap(diag.gap, diag.gap_se)} ± {diag.gap_se:.2g}" in point
+    markers = [line for line in ax.get_lines() if line.get_marker() == "D"]
+    assert [m.get_ydata()[0] for m in markers] == pytest.approx(
+        [table.diagnostics["meanfield"].elbo, table.diagnostics["fullrank"].elbo])
+    assert [m.get_xdata()[0] for m in markers] == [meanfield.num_steps, fullrank.num_steps]
+    evidence_line = next(line for line in ax.get_lines() if line.get_linestyle() == "--")
+    assert evidence_line.get_ydata()[0] == pytest.approx(exact)
+    assert ax.get_title() == "ELBO vs log evidence"
     assert dict(plt.rcParams) == style  # ArviZ style only inside the call
-    ax2 = plot_elbo(meanfield)
-    assert len(ax2.get_lines()) == 1 and len(ax2.collections) == 0
     plt.close("all")
+
+
+def test_plot_elbo_without_evidence_and_with_em(meanfield, em_result):
+    ax = plot_elbo(meanfield)
+    assert ax.get_title() == "Training objective (no evidence given)"
+    assert not any("gap" in lab for lab in ax.get_legend_handles_labels()[1])
+    # EM's handful of iterations get their own axis beside a VI trace of thousands of steps
+    ax = plot_elbo({"meanfield": meanfield, "em": em_result})
+    twins = [a for a in ax.figure.axes if a is not ax]
+    assert len(twins) == 1 and twins[0].get_xlabel() == "EM iteration"
+    em_line = twins[0].get_lines()[0]
+    assert list(em_line.get_ydata()) == pytest.approx(list(em_result.log_evidence_trace))
+    ax = plot_elbo(em_result)
+    assert ax.get_title() == "Log evidence by EM iteration" and len(ax.figure.axes) == 1
+    plt.close("all")
+
+
+def test_table_prints_exact_and_zero_gaps_and_dashes(table):
+    em = table.diagnostics["em"]
+    assert em.exact_posterior and em.given_params and not em.khat_applies
+    line = next(row for row in str(table).splitlines() if row.startswith("em"))
+    assert "0 (exact)" in line and "p(x | theta)" in line and "-0.0000" not in line
+    assert line.split().count("-") == 3  # gap se, k-hat and ESS do not apply
+    assert format_gap(0.004, 0.003) == "~0" and format_gap(0.01, 0.003) == "0.0100"
+    assert format_gap(-1e-9, 0.0) == "~0" and format_gap(0.0, 0.0, exact=True) == "0 (exact)"
+    mf = next(row for row in str(table).splitlines() if row.startswith("meanfield"))
+    assert "p(x)" in mf and "p(x | theta)" not in mf
 
 
 def test_plot_gap_bars(table):
