@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint demo bench docs docs-examples chromium clean
+.PHONY: install test test-py312 lint demo bench docs docs-examples chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,37 @@ test: $(STAMP) lint
 
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/pyrovi demo
+
+# The suite on the other ArviZ line: Python 3.12 with ArviZ 1.x (arviz-base, arviz-stats,
+# arviz-plots, xarray DataTree), in its own .venv312. `make test` is Python 3.11 with ArviZ
+# 0.2x. Python 3.12 is pyenv's 3.12.1, else python3.12 on PATH, else PYTHON312=/path.
+VENV312  := .venv312
+PY312    := $(VENV312)/bin/python
+STAMP312 := $(VENV312)/.installed
+PYTHON312 ?= $(shell for p in "$$(pyenv prefix 3.12.1 2>/dev/null)/bin/python3.12" \
+	"$${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12.1/bin/python3.12" \
+	"$$(command -v python3.12 2>/dev/null)"; do [ -x "$$p" ] && echo "$$p" && break; done)
+
+$(PY312):
+	@if [ -z "$(PYTHON312)" ]; then \
+	  echo "make test-py312 needs Python 3.12: none found (tried 'pyenv prefix 3.12.1' and" \
+	       "python3.12 on PATH). Install it (pyenv install 3.12.1) or pass" \
+	       "PYTHON312=/path/to/python3.12." >&2; exit 1; fi
+	$(PYTHON312) -m venv $(VENV312)
+	$(PY312) -m pip install -q --upgrade pip
+
+# torch==2.13.0 first, as above (on 3.12 a 527 MB build from PyPI that runs on the CPU);
+# the test extras then require ArviZ 1.x on Python >= 3.12, which the check below confirms.
+$(STAMP312): $(PY312) pyproject.toml
+	$(PY312) -m pip install -q torch==2.13.0 || true
+	$(PY312) -m pip install -q -e ".[test]"
+	$(PY312) -c "import arviz, arviz_base, arviz_stats, arviz_plots, xarray; \
+	  assert int(arviz.__version__.split('.')[0]) >= 1, arviz.__version__; \
+	  print('ArviZ', arviz.__version__, 'xarray', xarray.__version__)"
+	touch $(STAMP312)
+
+test-py312: $(STAMP312)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg $(PY312) -m pytest -q
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py
@@ -60,4 +91,4 @@ docs-examples: $(STAMP)
 	    > $(EXAMPLE_OUT)/$$n.txt || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV312) build *.egg-info .pytest_cache

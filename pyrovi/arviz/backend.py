@@ -3,27 +3,46 @@
 ArviZ 0.2x (``arviz.InferenceData``; Python 3.10+) and ArviZ 1.x (``arviz_base``, an
 ``xarray.DataTree``; Python 3.12+) both build a group with ``dict_to_dataset``; they differ
 in two keyword names and in the container.  :func:`make_dataset` and :func:`make_container`
-hide that difference, so the converter is written once.  This module imports neither torch
-nor pyrovi's inference code.
+hide that difference, so the converter is written once.  The line is the installed
+``arviz``'s (its major version), not whether ``arviz_base`` happens to be importable:
+``arviz_base`` can remain installed next to ``arviz<1``, and then ArviZ's own functions
+still expect an ``InferenceData``.  This module imports neither torch nor pyrovi's
+inference code.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["arviz_line", "make_dataset", "make_container"]
+__all__ = ["arviz_line", "line_of_version", "make_dataset", "make_container"]
+
+
+def line_of_version(version: str) -> int:
+    """``1`` for an ArviZ version string whose major number is 1 or more, else ``0``.
+
+    >>> line_of_version("0.23.4"), line_of_version("1.3.0"), line_of_version("1.0.0rc1")
+    (0, 1, 1)
+    """
+    head = str(version).strip().split(".", 1)[0]
+    digits = "".join(itertools.takewhile(str.isdigit, head))
+    if not digits:
+        raise ValueError(f"cannot read the major version of ArviZ from {version!r}")
+    return 1 if int(digits) >= 1 else 0
 
 
 @functools.cache
 def arviz_line() -> int:
-    """``1`` when ``arviz_base`` (ArviZ 1.x) is installed, else ``0`` (ArviZ 0.2x)."""
-    try:
-        import arviz_base  # noqa: F401
-    except ImportError:
-        return 0
-    return 1
+    """``1`` when the installed ``arviz`` is 1.x or later (``arviz_base``, an
+    ``xarray.DataTree``), else ``0`` (ArviZ 0.2x, ``arviz.InferenceData``).
+
+    Decided by ``arviz.__version__``; cached for the process.
+    """
+    import arviz
+
+    return line_of_version(arviz.__version__)
 
 
 def make_dataset(

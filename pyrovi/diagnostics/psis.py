@@ -1,6 +1,12 @@
 r"""Pareto-smoothed importance sampling diagnostic :math:`\hat k` of importance weights,
-computed with ArviZ's ``psislw``, with the sample-size-aware threshold and a plain-words
-verdict.
+with the sample-size-aware threshold and a plain-words verdict.
+
+:math:`\hat k` is computed the way ArviZ 0.2x's ``psislw`` computes it (the same tail of
+:math:`\lceil\min(S/5, 3\sqrt S)\rceil` largest weights, the same Zhang-Stephens fit with
+its weak prior on k), with the generalized Pareto fit of Pyro
+(``pyro.ops.stats.fit_generalized_pareto``), so it is the same number on both ArviZ lines:
+ArviZ 1.x has no ``psislw`` (``tests/diagnostics/test_psis.py`` checks the agreement with
+``arviz.psislw`` to 1e-6 where ArviZ 0.2x is installed).
 
 :math:`\hat k` is the estimated shape of a generalized Pareto fit to the largest weights.
 Below the threshold :math:`\min(1 - 1/\log_{10} S, 0.7)` the weights have enough finite
@@ -21,12 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 
 import numpy as np
 import torch
+from pyro.ops.stats import fit_generalized_pareto
 
-__all__ = ["PSIS", "psis_diagnostic", "khat_threshold"]
+__all__ = ["PSIS", "psis_diagnostic", "khat_threshold", "pareto_khat"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,22 +80,39 @@ def _verdict(khat: float, threshold: float, s: int) -> str:
             "guide family, or method='ais' for the evidence")
 
 
-def psis_diagnostic(log_w: torch.Tensor) -> PSIS:
-    """PSIS :math:`\\hat k` of log-weights ``log_w`` (1-D) via ``arviz.psislw``.
+def pareto_khat(log_w) -> float:
+    """:math:`\\hat k` of the generalized Pareto fit to the largest weights, as
+    ``arviz.psislw(log_w)[1]`` of ArviZ 0.2x computes it (with ``reff=1``).
 
-    Weights that are equal up to round-off (q equal to the posterior) have no tail; their
-    k-hat is reported as ArviZ computes it (near 0 or below).
+    ``inf`` when the tail has 4 weights or fewer (too few for a fit; ArviZ's convention),
+    which includes weights that are all equal.
     """
-    import arviz as az
+    x = np.asarray(log_w, dtype=np.float64).reshape(-1)
+    x = x - x.max()
+    s = x.size
+    tail_len = int(math.ceil(min(s / 5.0, 3.0 * math.sqrt(s))))
+    cutoff = max(np.sort(x)[-tail_len - 1], np.log(np.finfo(float).tiny))
+    tail = x[x > cutoff]
+    if tail.size <= 4:
+        return math.inf
+    excess = np.exp(tail) - np.exp(cutoff)
+    khat, _ = fit_generalized_pareto(torch.as_tensor(excess, dtype=torch.float64))
+    return float(khat)
 
+
+def psis_diagnostic(log_w: torch.Tensor) -> PSIS:
+    """PSIS :math:`\\hat k` of log-weights ``log_w`` (1-D), computed as ``arviz.psislw``
+    of ArviZ 0.2x computes it (see :func:`pareto_khat`).
+
+    Weights that are equal up to round-off (q equal to the posterior) have no tail: their
+    k-hat is ``-inf`` (equal weights) or near 0 or below (round-off only).  A tail too short
+    to fit whose weights are not all equal gives ``+inf``.
+    """
     lw = torch.as_tensor(log_w).detach().to(torch.float64).reshape(-1).cpu().numpy()
     s = lw.size
     if s < 2:
         raise ValueError(f"PSIS needs at least 2 log-weights, got {s}")
-    with warnings.catch_warnings():  # ArviZ warns on k-hat > 0.7; the verdict says it
-        warnings.simplefilter("ignore")
-        _, khat = az.psislw(lw - lw.max())
-    khat = float(np.asarray(khat))
+    khat = pareto_khat(lw)
     spread = float(np.ptp(lw))
     if not math.isfinite(khat):  # degenerate weights: constant up to round-off, no tail
         constant = spread <= 1e-9 * max(1.0, float(np.abs(lw).max()))
