@@ -139,7 +139,7 @@ def test_log_density_vectorized_else_looped_matches_closed_form():
     shapes = site_shapes(trace)
     lp, log_lik = vectorize_else_loop(
         lambda v: model_log_density(matmul_model, (X, y), {}, {"w": w}, shapes=shapes,
-                                    nesting=1, vectorized=v)
+                                    max_plate_nesting=1, vectorized=v)
     )
     pointwise = dist.Normal(w @ X.T, 0.5).log_prob(y)  # (4, 5)
     truth = dist.Normal(0.0, 1.0).log_prob(w).sum(-1) + pointwise.sum(-1)
@@ -158,7 +158,7 @@ def test_factor_enters_log_joint_but_not_the_log_likelihood():
     z = torch.tensor([0.1, -0.3], dtype=F64)
     shapes = site_shapes(poutine.trace(model).get_trace(y))
     for vectorized in (True, False):
-        lp, log_lik = model_log_density(model, (y,), {}, {"z": z}, shapes=shapes, nesting=1,
+        lp, log_lik = model_log_density(model, (y,), {}, {"z": z}, shapes=shapes, max_plate_nesting=1,
                                         vectorized=vectorized)
         pointwise = dist.Normal(z[:, None], 1.0).log_prob(y)
         truth = dist.Normal(0.0, 1.0).log_prob(z) + 2.0 * z + pointwise.sum(-1)
