@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import pyro.poutine as poutine
 import torch
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 from pyro.poutine.messenger import Messenger
 
@@ -153,6 +154,12 @@ def _is_datum(site: dict, values: Mapping) -> bool:
     return site["is_observed"] and is_user_sample(site) and site["name"] not in values
 
 
+def _pointwise(site: dict) -> torch.Tensor:
+    """A data site's log-probability per observation: masked, but not scaled (a subsampled
+    plate's scale ``full / subsample`` or ``poutine.scale`` belongs to the total only)."""
+    return scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
+
+
 def model_log_density(
     model: Callable,
     args: tuple,
@@ -193,9 +200,12 @@ def model_log_density(
             lp = site["log_prob"]
             log_joint = log_joint + per_draw_sum(lp, n, max_plate_nesting)
             if _is_datum(site, values):
+                if name not in shapes:  # sites that vary from run to run: one run per draw
+                    raise ValueError(f"site {name!r} is not in the prototype trace")
                 shape = shapes[name]
                 full = (n,) + (1,) * (max_plate_nesting - shape.batch_ndim) + shape.batch_shape
-                log_lik[name] = torch.broadcast_to(lp, full).reshape((n,) + shape.batch_shape)
+                point = _pointwise(site)
+                log_lik[name] = torch.broadcast_to(point, full).reshape((n,) + shape.batch_shape)
         return log_joint, log_lik
     joints = []
     liks: dict[str, list] = {}
@@ -209,11 +219,15 @@ def model_log_density(
                 if not is_traced_sample(site):
                     continue
                 total = total + site["log_prob"].sum()
-                if _is_datum(site, values):
-                    liks.setdefault(name, []).append(
-                        torch.broadcast_to(site["log_prob"], shapes[name].batch_shape)
-                    )
+                if _is_datum(site, values) and name in shapes:
+                    rows = liks.setdefault(name, [])
+                    while len(rows) < i:  # a datum the earlier runs lacked
+                        rows.append(torch.full(shapes[name].batch_shape, float("nan")))
+                    rows.append(torch.broadcast_to(_pointwise(site), shapes[name].batch_shape))
             joints.append(torch.as_tensor(total))
+            for name in liks:  # a datum this run lacks: NaN, so every row stays aligned
+                if len(liks[name]) <= i:
+                    liks[name].append(torch.full(shapes[name].batch_shape, float("nan")))
     return torch.stack(joints), {k: torch.stack(v) for k, v in liks.items()}
 
 
@@ -317,6 +331,9 @@ def model_draws(
         data = {k: pad_draws(v, shapes[k], max_plate_nesting) for k, v in values.items()}
         with torch.no_grad(), draw_plate(n, max_plate_nesting):
             trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+        missing = [k for k in sites if k not in trace.nodes]
+        if missing:  # a model whose sites vary from run to run: one run per draw
+            raise ValueError(f"site(s) {missing} missing from the vectorized run")
         return {
             k: unpad_draws(trace.nodes[k]["value"], shapes[k], max_plate_nesting, n)
             for k in sites
@@ -327,8 +344,16 @@ def model_draws(
             data = {k: v[i] for k, v in values.items()}
             trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
             for k in sites:
-                rows[k].append(trace.nodes[k]["value"])
+                rows[k].append(_value_or_nan(trace, k, shapes[k]))
     return {k: torch.stack(v) for k, v in rows.items()}
+
+
+def _value_or_nan(trace: poutine.Trace, name: str, shape: SiteShape) -> torch.Tensor:
+    """A site's value in one run, or NaN of its usual shape when this run lacks the site
+    (a model whose set of sites depends on the draw)."""
+    if name in trace.nodes:
+        return torch.as_tensor(trace.nodes[name]["value"])
+    return torch.full(tuple(shape.shape), float("nan"))
 
 
 def predictive_draws(

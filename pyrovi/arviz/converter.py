@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 import pyro
+import pyro.poutine as poutine
 import torch
 
 import pyrovi.arviz.draws as export_draws
 from pyrovi._model import ModelInfo, inspect_model, model_name
-from pyrovi._plates import is_traced_sample, site_shapes
+from pyrovi._plates import SiteShape, is_traced_sample, site_shapes
 from pyrovi._result import FitResult
 from pyrovi._runtime import check_positive, resolve_seed, warn
 from pyrovi._version import __version__
@@ -162,10 +163,12 @@ class ResultConverter:
             log_likelihood = "marginal" if self.summed else "conditional"
         self.log_likelihood_kind = log_likelihood or None
         self.want_predictive = posterior_predictive and bool(self.observed)
+        self.subsample = self._plan_subsample()
         self.want_prior = prior
         self.constants = self._constant_arguments(result.args, result.kwargs, self.info)
         self.params = {k: _numpy(v) for k, v in self.adapter.fitted_params(self.info).items()}
         self.names = self._export_names()
+        self.sequential = _sequential_groups(self.info.trace, set(self.shapes))
 
         n, s = num_samples, self.seed
         vectorize = self.adapter.vectorize
@@ -176,18 +179,31 @@ class ResultConverter:
             vectorize and not self.summed,
         )
         self.log_lik = None
-        if self.log_likelihood_kind == "conditional":
+        runs = self._data_runs()
+        if self.log_likelihood_kind == "conditional" and runs is None:
             self.log_lik = self.draws.log_lik
+        elif self.log_likelihood_kind == "conditional":
+            self.log_lik = self._assemble([
+                export_draws.log_density(
+                    result, values, self.shapes, vectorize and not self.summed, model=m
+                )[1] for m, _ in runs
+            ], runs)
         elif self.log_likelihood_kind == "marginal":
             continuous = {k: v for k, v in values.items() if k not in self.summed}
-            self.log_lik = export_draws.marginal_log_likelihood(
-                result, continuous, n, self.observed, self.shapes
-            )
+            self.log_lik = self._assemble([
+                export_draws.marginal_log_likelihood(
+                    result, continuous, n, self.observed, self.shapes, model=m
+                ) for m, _ in (runs or [(None, None)])
+            ], runs)
         self.predictive = None
         if self.want_predictive:
-            out = export_draws.posterior_predictive(
-                result, values, s + 1, None, vectorize and not self.summed
-            )
+            outs = [
+                export_draws.posterior_predictive(
+                    result, values, s + 1 + 7919 * c, None, vectorize and not self.summed,
+                    model=m,
+                ) for c, (m, _) in enumerate(runs or [(None, None)])
+            ]
+            out = self._assemble(outs, runs)
             self.predictive = {k: out[k] for k in self.observed}
             # deterministic sites that change with the replicated data depend on it
             for k in self.deterministic:
@@ -201,9 +217,137 @@ class ResultConverter:
         self.predictions = self.predictions_info = None
         if self.prediction_args is not None:
             self._make_predictions(n, s + 3, vectorize)
+        self.observed_values = self._observed_values()
         self.layout = resolve_layout(
             self._shapes_of_vars(), self._default_dims(), self._site_keys(dims), coords
         )
+
+    # ------------------------------------------------------------------ subsampling
+    def _plan_subsample(self):
+        """For a model that subsamples a plate: ``(plate, chunks)``, the index chunks of
+        the plate's subsample size that together cover the full data (the last one
+        overlaps its predecessor), so that ``log_likelihood``, ``posterior_predictive``
+        and ``observed_data`` cover every observation.  None for a model that does not
+        subsample.
+
+        Raises
+        ------
+        PyroviError
+            When the full data cannot be covered: several subsampled plates, or a latent
+            site local to the subsampled plate (its draws cover one subsample only).
+        """
+        info = self.info
+        subsampled = sorted(k for k, (full, sub, _) in info.plates.items() if sub != full)
+        if not subsampled:
+            return None
+        wanted = self.log_likelihood_kind is not None or self.want_predictive
+        local = [k for k in self.latent if set(info.site_plates.get(k, ())) & set(subsampled)]
+        why = None
+        if len(subsampled) > 1:
+            why = f"it subsamples {len(subsampled)} plates {subsampled} (pyrovi covers one)"
+        elif local:
+            why = (
+                f"latent site(s) {local} live in the subsampled plate {subsampled[0]!r}, so "
+                "each posterior draw covers one subsample only"
+            )
+        if why is not None:
+            if wanted:
+                raise PyroviError(
+                    f"model {model_name(self.result.model)!r} subsamples its data and the "
+                    f"export cannot compute the log-likelihood and predictive draws of the "
+                    f"full data: {why}. Pass log_likelihood=False and "
+                    "posterior_predictive=False (observed_data then holds one subsample)."
+                )
+            return None
+        plate = subsampled[0]
+        full, size, _ = info.plates[plate]
+        chunks = []
+        for start in range(0, full, size):
+            first = min(start, full - size)
+            chunks.append((torch.arange(first, first + size), start - first))
+        return plate, chunks
+
+    def _data_runs(self):
+        """``[(model, keep_from)]``: the model conditioned on each index chunk of the
+        subsampled plate, or None for a model that does not subsample."""
+        if self.subsample is None:
+            return None
+        plate, chunks = self.subsample
+        return [
+            (poutine.condition(self.result.model, data={plate: idx}), keep)
+            for idx, keep in chunks
+        ]
+
+    def _plate_axis(self, site: str):
+        """The axis of ``site``'s value (one draw) that the subsampled plate owns."""
+        plate, _ = self.subsample
+        if plate not in self.info.site_plates.get(site, ()):
+            return None
+        _, _, dim = self.info.plates[plate]
+        return len(self.shapes[site].batch_shape) + dim
+
+    def _assemble(self, parts: list, runs, lead: int = 1) -> dict:
+        """Join per-chunk values along the subsampled plate (``lead`` leading draw axes)."""
+        if runs is None:
+            return parts[0]
+        out = {}
+        for k in parts[0]:
+            axis = self._plate_axis(k) if k in self.shapes else None
+            if axis is None:
+                out[k] = parts[0][k]
+                continue
+            pieces = [
+                p[k].narrow(lead + axis, keep, p[k].shape[lead + axis] - keep)
+                for p, (_, keep) in zip(parts, runs, strict=True)
+            ]
+            out[k] = torch.cat(pieces, dim=lead + axis)
+        return out
+
+    def _observed_values(self) -> dict:
+        """The observed data, over the full plate for a subsampled model."""
+        nodes = self.info.trace.nodes
+        runs = self._data_runs()
+        if runs is None:
+            return {k: torch.as_tensor(nodes[k]["value"]) for k in self.observed}
+        parts = []
+        with self.result.scope(), torch.no_grad():
+            for model, _ in runs:
+                trace = poutine.trace(model).get_trace(*self.result.args, **self.result.kwargs)
+                parts.append({k: torch.as_tensor(trace.nodes[k]["value"]) for k in self.observed})
+        out = self._assemble(parts, runs, lead=0)
+        # the export's shapes and plates describe the full data from here on
+        plate, _ = self.subsample
+        full, _, dim = self.info.plates[plate]
+        for k, v in out.items():
+            self.shapes[k] = SiteShape(tuple(v.shape), self.shapes[k].batch_ndim)
+        self.info.plates[plate] = (full, full, dim)
+        return out
+
+    def _stack_sequential(self, data: dict, dims: dict, coords: dict, axis: int):
+        """Sites of a sequential plate (``obs_0, obs_1, ...`` from ``for i in
+        pyro.plate("steps", T)``) as one variable ``obs`` along a dimension named after
+        the plate, so that ``arviz.loo`` sees one variable; groups whose members are not
+        all present with one shape are left as they are."""
+        if not self.sequential:
+            return data, dims, coords
+        data, dims, coords = dict(data), dict(dims), dict(coords)
+        for base, (plate, members) in self.sequential.items():
+            if base in data or not all(m in data for m in members):
+                continue
+            shapes = {tuple(np.shape(data[m])) for m in members}
+            names = {tuple(dims.get(m, ())) for m in members}
+            if len(shapes) != 1 or len(names) != 1:
+                continue
+            dim = _export_name(plate)
+            if dim in next(iter(names)):
+                continue
+            data[base] = np.stack([np.asarray(data.pop(m)) for m in members], axis=axis)
+            member_dims = list(dims.pop(members[0]))
+            for m in members[1:]:
+                dims.pop(m, None)
+            dims[base] = member_dims[: max(0, axis - 2)] + [dim] + member_dims[max(0, axis - 2):]
+            coords[dim] = np.arange(len(members))
+        return data, dims, coords
 
     # ------------------------------------------------------------------ names
     def _export_names(self) -> dict[str, str]:
@@ -388,6 +532,7 @@ class ResultConverter:
             dims = {k: ["chain", *v] for k, v in dims.items()}
             coords["chain"] = np.arange(self.num_chains)
             sample = False
+        data, dims, coords = self._stack_sequential(data, dims, coords, 2 if sample else 0)
         rename = self.names
         data = {rename.get(k, k): v for k, v in data.items()}
         dims = {rename.get(k, k): v for k, v in dims.items()}
@@ -452,9 +597,8 @@ class ResultConverter:
         """The data the model was conditioned on."""
         if not self.observed:
             return None
-        nodes = self.info.trace.nodes
-        data = {k: _numpy(torch.as_tensor(nodes[k]["value"])) for k in self.observed}
-        return self._dataset(data, sample=False)
+        return self._dataset({k: _numpy(v) for k, v in self.observed_values.items()},
+                             sample=False)
 
     def constant_data_to_xarray(self):
         """The model's tensor arguments other than the observed data."""
@@ -523,6 +667,39 @@ class ResultConverter:
             self.trace_group: self.trace_to_xarray(),
         }
         return make_container({k: v for k, v in groups.items() if v is not None})
+
+
+def _sequential_groups(trace, sites: set) -> dict[str, tuple[str, list[str]]]:
+    """Sites made by a sequential plate, grouped: ``base -> (plate, [site per index])``.
+
+    A site belongs to a group when it sits in a sequential (non-vectorized) plate and its
+    name is ``{base}{sep}{i}`` (``sep`` one of ``_``, ``-``, ``.`` or nothing, ``i`` an
+    integer); a group needs at least two members whose integers run without gap, and a
+    base that is not itself a site.  Members are ordered by their integer.
+    """
+    import re
+
+    found: dict = {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or name not in sites:
+            continue
+        frames = [f for f in site["cond_indep_stack"] if not f.vectorized]
+        if not frames:
+            continue
+        match = re.fullmatch(r"(.+?)[_\-.]?(\d+)", name)
+        if match is None:
+            continue
+        key = (match.group(1), frames[-1].name)  # innermost last in cond_indep_stack
+        found.setdefault(key, {})[int(match.group(2))] = name
+    out = {}
+    for (base, plate), members in found.items():
+        index = sorted(members)
+        if len(index) < 2 or base in sites or base in out:
+            continue
+        if index != list(range(index[0], index[0] + len(index))):
+            continue
+        out[base] = (plate, [members[i] for i in index])
+    return out
 
 
 def _deterministic_dims(name, shape, site, plates) -> tuple[str, ...]:

@@ -65,14 +65,17 @@ class ExportDraws:
 
 
 def log_density(
-    result: FitResult, values: dict, shapes: dict[str, SiteShape], vectorize: bool
+    result: FitResult, values: dict, shapes: dict[str, SiteShape], vectorize: bool,
+    model=None,
 ) -> tuple[torch.Tensor, dict]:
     """``log p(x, z)`` and pointwise log-likelihoods at ``values`` (see
-    :func:`pyrovi._draws.model_log_density`), inside the fit's scope."""
+    :func:`pyrovi._draws.model_log_density`), inside the fit's scope; ``model`` defaults
+    to the fit's."""
+    model = result.model if model is None else model
     with result.scope(), torch.no_grad():
         return vectorize_else_loop(
             lambda vectorized: model_log_density(
-                result.model, result.args, result.kwargs, values, shapes=shapes,
+                model, result.args, result.kwargs, values, shapes=shapes,
                 max_plate_nesting=result.max_plate_nesting, vectorized=vectorized,
             ),
             vectorize,
@@ -81,17 +84,18 @@ def log_density(
 
 def posterior_predictive(
     result: FitResult, values: dict, seed: int, observed: tuple | None, vectorize: bool,
-    args: tuple | None = None, kwargs: dict | None = None,
+    args: tuple | None = None, kwargs: dict | None = None, model=None,
 ) -> dict:
     """The model run at each posterior draw in ``values`` with its observed sites drawn
     anew; the ``observed`` sites (every sample site when None).  ``args`` and ``kwargs``
     default to the fit's (other ones: predictions at new inputs)."""
     args = result.args if args is None else tuple(args)
     kwargs = result.kwargs if kwargs is None else dict(kwargs)
+    model = result.model if model is None else model
     with seeded(seed, result.device), result.scope():
         out = vectorize_else_loop(
             lambda vectorized: predictive_draws(
-                result.model, args, kwargs, values,
+                model, args, kwargs, values,
                 max_plate_nesting=result.max_plate_nesting, vectorized=vectorized,
             ),
             vectorize,
@@ -120,14 +124,16 @@ def deterministic_draws(
 
 
 def marginal_log_likelihood(
-    result: FitResult, values: dict, n: int, observed: tuple, shapes: dict[str, SiteShape]
+    result: FitResult, values: dict, n: int, observed: tuple, shapes: dict[str, SiteShape],
+    model=None,
 ) -> dict:
     """Pointwise log-likelihood of the ``observed`` sites with the model's finite discrete
     latents summed out, conditioned on the continuous latents in ``values`` (see
     :func:`pyrovi._draws.enumerated_pointwise_log_lik`)."""
+    model = result.model if model is None else model
     with result.scope(), torch.no_grad():
         return enumerated_pointwise_log_lik(
-            result.model, result.args, result.kwargs, values, n=n, observed=observed,
+            model, result.args, result.kwargs, values, n=n, observed=observed,
             shapes=shapes, max_plate_nesting=result.max_plate_nesting,
         )
 
