@@ -414,3 +414,31 @@ def test_num_chains_must_divide_num_samples(meanfield):
     with pytest.raises(ValueError, match=r"num_samples=10 draws do not split into num_chains=4"):
         to_arviz(meanfield, 10, num_chains=4)
     assert to_arviz(meanfield, 10, posterior_predictive=False).posterior.sizes["chain"] == 1
+
+
+def test_hmm_marginal_terms_add_up_to_the_log_evidence():
+    from pyro.infer import TraceEnum_ELBO, config_enumerate
+
+    from pyrovi._draws import enumerated_pointwise_log_lik
+    from pyrovi._plates import site_shapes
+
+    trans = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+
+    def hmm(ys):
+        x = 0
+        for t in pyro.markov(range(len(ys))):
+            x = pyro.sample(f"x_{t}", dist.Categorical(trans[x]))
+            pyro.sample(f"y_{t}", dist.Normal(torch.tensor([-1.0, 1.0])[x], 1.0), obs=ys[t])
+
+    ys = torch.tensor([-1.2, -0.5, 1.3, 0.9, 1.1])
+    shapes = site_shapes(pyro.poutine.trace(hmm).get_trace(ys))
+    observed = tuple(f"y_{t}" for t in range(5))
+    terms = enumerated_pointwise_log_lik(hmm, (ys,), {}, {}, n=3, observed=observed,
+                                         shapes=shapes, max_plate_nesting=0)
+    assert terms["y_0"].shape == (3,)
+    evidence = -TraceEnum_ELBO(max_plate_nesting=0).loss(config_enumerate(hmm), lambda ys: None, ys)
+    assert float(sum(terms[k][0] for k in observed)) == pytest.approx(evidence, rel=1e-6)
+    # the first term is the marginal of y_0 alone: a mixture of the two emission densities
+    first = torch.logsumexp(torch.log(trans[0]) + dist.Normal(torch.tensor([-1.0, 1.0]), 1.0)
+                            .log_prob(ys[0]), 0)
+    assert float(terms["y_0"][0]) == pytest.approx(float(first), rel=1e-6)
