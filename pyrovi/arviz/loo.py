@@ -45,8 +45,10 @@ def _export(data, var_name):
                 "so they cannot be importance-weighted; use a family with a density."
             )
         data = to_arviz(data, posterior_predictive=False)
-    groups = data.groups() if hasattr(data, "groups") else list(data.children)
-    groups = [g.lstrip("/") for g in groups]
+    if callable(getattr(data, "groups", None)):  # arviz.InferenceData
+        groups = list(data.groups())
+    else:  # xarray.DataTree (ArviZ 1.x)
+        groups = list(data.children)
     missing = [g for g in ("log_likelihood", "sample_stats") if g not in groups]
     if missing:
         raise PyroviError(
