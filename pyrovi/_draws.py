@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator, Mapping
 
 import pyro.poutine as poutine
 import torch
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import TraceEnum_ELBO, config_enumerate
+from pyro.poutine.messenger import Messenger
 
 from pyrovi._plates import (
     DRAW_PLATE,
@@ -43,6 +45,8 @@ __all__ = [
     "enumerated_log_weights",
     "model_draws",
     "predictive_draws",
+    "uncondition_data",
+    "enumerated_pointwise_log_lik",
 ]
 
 
@@ -150,6 +154,12 @@ def _is_datum(site: dict, values: Mapping) -> bool:
     return site["is_observed"] and is_user_sample(site) and site["name"] not in values
 
 
+def _pointwise(site: dict) -> torch.Tensor:
+    """A data site's log-probability per observation: masked, but not scaled (a subsampled
+    plate's scale ``full / subsample`` or ``poutine.scale`` belongs to the total only)."""
+    return scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
+
+
 def model_log_density(
     model: Callable,
     args: tuple,
@@ -190,9 +200,12 @@ def model_log_density(
             lp = site["log_prob"]
             log_joint = log_joint + per_draw_sum(lp, n, max_plate_nesting)
             if _is_datum(site, values):
+                if name not in shapes:  # sites that vary from run to run: one run per draw
+                    raise ValueError(f"site {name!r} is not in the prototype trace")
                 shape = shapes[name]
                 full = (n,) + (1,) * (max_plate_nesting - shape.batch_ndim) + shape.batch_shape
-                log_lik[name] = torch.broadcast_to(lp, full).reshape((n,) + shape.batch_shape)
+                point = _pointwise(site)
+                log_lik[name] = torch.broadcast_to(point, full).reshape((n,) + shape.batch_shape)
         return log_joint, log_lik
     joints = []
     liks: dict[str, list] = {}
@@ -206,11 +219,15 @@ def model_log_density(
                 if not is_traced_sample(site):
                     continue
                 total = total + site["log_prob"].sum()
-                if _is_datum(site, values):
-                    liks.setdefault(name, []).append(
-                        torch.broadcast_to(site["log_prob"], shapes[name].batch_shape)
-                    )
+                if _is_datum(site, values) and name in shapes:
+                    rows = liks.setdefault(name, [])
+                    while len(rows) < i:  # a datum the earlier runs lacked
+                        rows.append(torch.full(shapes[name].batch_shape, float("nan")))
+                    rows.append(torch.broadcast_to(_pointwise(site), shapes[name].batch_shape))
             joints.append(torch.as_tensor(total))
+            for name in liks:  # a datum this run lacks: NaN, so every row stays aligned
+                if len(liks[name]) <= i:
+                    liks[name].append(torch.full(shapes[name].batch_shape, float("nan")))
     return torch.stack(joints), {k: torch.stack(v) for k, v in liks.items()}
 
 
@@ -265,6 +282,30 @@ def enumerated_log_weights(
     return torch.tensor(weights), torch.tensor(log_qs)
 
 
+class _UnconditionData(Messenger):
+    """``poutine.uncondition`` for the model's data only: observed sites of the model proper
+    are drawn anew; ``pyro.deterministic`` records (observed sites too, in Pyro) keep their
+    computed value, and ``pyro.factor`` terms stay as they are.
+
+    Unconditioning a deterministic site would draw it from its ``Delta`` broadcast to the
+    enclosing plates, an ``N x N`` value for a site of ``N`` entries in a plate of ``N``.
+    """
+
+    def _pyro_sample(self, msg):
+        if msg["is_observed"] and is_user_sample(msg):
+            msg["is_observed"] = False
+            msg["infer"]["was_observed"] = True
+            msg["infer"]["obs"] = msg["value"]
+            msg["value"] = None
+            msg["done"] = False
+
+
+def uncondition_data(model: Callable) -> Callable:
+    """``model`` with its observed data sites unconditioned (see :class:`_UnconditionData`),
+    for predictive and prior draws."""
+    return _UnconditionData()(model)
+
+
 def model_draws(
     model: Callable,
     args: tuple,
@@ -275,30 +316,44 @@ def model_draws(
     shapes: Mapping[str, SiteShape],
     max_plate_nesting: int,
     vectorized: bool,
+    sites: tuple | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run ``model`` ``n`` times, conditioned on draw ``i`` of ``values`` in run ``i``
-    (``values`` may be empty: prior draws); return every site of ``shapes`` as
+    (``values`` may be empty: prior draws); return every site of ``sites`` (default: of
+    ``shapes``, which holds the shapes of these and of ``values``) as
     ``(n, *site_shape)``.
 
     Vectorized: one run under the draw plate; else one run per draw.  Wrap in
     :func:`pyrovi._plates.vectorize_else_loop` for the fallback.
     """
+    sites = tuple(shapes) if sites is None else tuple(sites)
     if vectorized:
         data = {k: pad_draws(v, shapes[k], max_plate_nesting) for k, v in values.items()}
         with torch.no_grad(), draw_plate(n, max_plate_nesting):
             trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+        missing = [k for k in sites if k not in trace.nodes]
+        if missing:  # a model whose sites vary from run to run: one run per draw
+            raise ValueError(f"site(s) {missing} missing from the vectorized run")
         return {
             k: unpad_draws(trace.nodes[k]["value"], shapes[k], max_plate_nesting, n)
-            for k in shapes
+            for k in sites
         }
-    rows: dict[str, list] = {k: [] for k in shapes}
+    rows: dict[str, list] = {k: [] for k in sites}
     with torch.no_grad():
         for i in range(n):
             data = {k: v[i] for k, v in values.items()}
             trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
-            for k in shapes:
-                rows[k].append(trace.nodes[k]["value"])
+            for k in sites:
+                rows[k].append(_value_or_nan(trace, k, shapes[k]))
     return {k: torch.stack(v) for k, v in rows.items()}
+
+
+def _value_or_nan(trace: poutine.Trace, name: str, shape: SiteShape) -> torch.Tensor:
+    """A site's value in one run, or NaN of its usual shape when this run lacks the site
+    (a model whose set of sites depends on the draw)."""
+    if name in trace.nodes:
+        return torch.as_tensor(trace.nodes[name]["value"])
+    return torch.full(tuple(shape.shape), float("nan"))
 
 
 def predictive_draws(
@@ -314,9 +369,116 @@ def predictive_draws(
     (observed ones freshly sampled: the posterior predictive) as ``(n, *site_shape)``."""
     n = next(iter(values.values())).shape[0]
     first = {k: v[0] for k, v in values.items()}
+    model = uncondition_data(model)
     with torch.no_grad():
         proto = poutine.trace(poutine.condition(model, data=first)).get_trace(*args, **kwargs)
     return model_draws(
-        poutine.uncondition(model), args, kwargs, values, n=n, shapes=site_shapes(proto),
+        model, args, kwargs, values, n=n, shapes=site_shapes(proto),
         max_plate_nesting=max_plate_nesting, vectorized=vectorized,
     )
+
+
+def _ordinal(trace: poutine.Trace, site: dict) -> frozenset:
+    """The packed plate symbols of a site (as Pyro's ``traceenum_elbo._find_ordinal``)."""
+    return frozenset(
+        trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized
+    )
+
+
+def _marginal_log_lik_once(
+    model: Callable, args: tuple, kwargs: Mapping, data: Mapping, observed: tuple,
+    shapes: Mapping[str, SiteShape], max_plate_nesting: int,
+) -> dict[str, torch.Tensor]:
+    """One draw of :func:`enumerated_pointwise_log_lik` (``data``: one value per site)."""
+    from collections import OrderedDict
+
+    from pyro.ops import packed
+    from pyro.ops.contract import contract_to_tensor
+    from pyro.poutine.enum_messenger import EnumMessenger
+    from pyro.poutine.util import prune_subsample_sites
+
+    enum_model = config_enumerate(model, default="parallel")
+    with poutine.block(), EnumMessenger(first_available_dim=-max_plate_nesting - 1):
+        trace = poutine.trace(poutine.condition(enum_model, data=dict(data))).get_trace(
+            *args, **kwargs
+        )
+    trace = prune_subsample_sites(trace)
+    trace.compute_log_prob()
+    trace.pack_tensors()
+    tree: OrderedDict = OrderedDict()
+    sum_dims: set = set()
+    terms = []
+    for name, site in trace.nodes.items():
+        if not is_user_sample(site):
+            continue
+        pk = site["packed"]
+        if site["is_observed"]:
+            if name in observed:
+                term = packed.scale_and_mask(pk["unscaled_log_prob"], mask=pk["mask"])
+                terms.append((name, _ordinal(trace, site), term))
+            continue
+        if site["infer"].get("_enumerate_dim") is not None:
+            tree.setdefault(_ordinal(trace, site), []).append(pk["unscaled_log_prob"])
+            sum_dims.add(site["infer"]["_enumerate_symbol"])
+    out = {}
+    for name, ordinal, term in terms:
+        before = contract_to_tensor(tree, sum_dims, target_ordinal=ordinal) if tree else None
+        tree.setdefault(ordinal, []).append(term)
+        after = contract_to_tensor(tree, sum_dims, target_ordinal=ordinal)
+        value = packed.unpack(after, trace.symbol_to_dim)
+        if before is not None:
+            value = value - packed.unpack(before, trace.symbol_to_dim)
+        batch = tuple(shapes[name].batch_shape)
+        pad = max(0, value.dim() - len(batch))
+        out[name] = torch.broadcast_to(value, (1,) * pad + batch).reshape(batch)
+    return out
+
+
+def enumerated_pointwise_log_lik(
+    model: Callable,
+    args: tuple,
+    kwargs: Mapping,
+    values: Mapping[str, torch.Tensor],
+    *,
+    n: int,
+    observed: tuple,
+    shapes: Mapping[str, SiteShape],
+    max_plate_nesting: int,
+) -> dict[str, torch.Tensor]:
+    r"""Pointwise log-likelihood with the model's finite discrete latents summed out.
+
+    For each observed site :math:`x_s` (in execution order) and each of its entries
+    :math:`i` (the batch dims of its plates), the log of
+    :math:`p(x_{s,i} \mid x_{<s}, z_c) = \sum_{z_d} \ldots`, computed as the difference of
+    two contractions of the enumerated trace (Pyro's ``contract_to_tensor``, the machinery
+    of ``TraceEnum_ELBO``) down to the site's plates: with and without the site's factor.
+    For a mixture this is :math:`\log \sum_k \pi_k\, p(x_i \mid \theta_k)` per
+    observation; for observed sites along a chain (an HMM written with ``pyro.markov``),
+    the one-step-ahead :math:`\log p(x_t \mid x_{<t})`, which add up to
+    :math:`\log p(x \mid z_c)`.  Entries of one vectorized plate are each marginalized on
+    their own, which is exact when the discrete latents are local to that plate.
+
+    ``values`` holds the continuous latents to condition on (``(n, *shape)`` each; empty
+    when every latent is discrete, in which case the result is computed once and
+    broadcast to ``n`` draws).  One draw at a time.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        Observed site -> ``(n, *batch_shape)``.
+    """
+    with torch.no_grad():
+        if not values:
+            once = _marginal_log_lik_once(
+                model, args, kwargs, {}, observed, shapes, max_plate_nesting
+            )
+            return {k: v.expand((n,) + v.shape) for k, v in once.items()}
+        rows: dict[str, list] = {}
+        for i in range(n):
+            once = _marginal_log_lik_once(
+                model, args, kwargs, {k: v[i] for k, v in values.items()}, observed, shapes,
+                max_plate_nesting,
+            )
+            for k, v in once.items():
+                rows.setdefault(k, []).append(v)
+    return {k: torch.stack(v) for k, v in rows.items()}

@@ -99,7 +99,14 @@ def site_shapes(trace: poutine.Trace) -> dict[str, SiteShape]:
         value = site["value"]
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
         event = len(site["fn"].event_shape)
-        out[name] = SiteShape(shape, len(shape) - event)
+        batch_ndim = len(shape) - event
+        if site["infer"].get("_deterministic", False):
+            # pyro.deterministic's Delta takes every dim of its value as an event dim by
+            # default (event_dim=value.ndim), even the dims of the plates it sits in; the
+            # plates say which leading dims are batch dims.
+            depth = max((-f.dim for f in site["cond_indep_stack"] if f.vectorized), default=0)
+            batch_ndim = min(len(shape), max(batch_ndim, depth))
+        out[name] = SiteShape(shape, batch_ndim)
     return out
 
 

@@ -25,7 +25,7 @@ def test_quick_demo_writes_fits_plots_and_report(quick_run, capsys):
             "regression_fullrank.nc", "eight_schools_meanfield.nc",
             "eight_schools_fullrank.nc"} <= files
     idata = az.from_netcdf(out / "regression_fullrank.nc")
-    assert idata.posterior["w"].shape == (1, 200, 10)
+    assert idata.posterior["w"].shape == (4, 50, 10)  # 200 i.i.d. draws as 4 chains
     assert "diagnostics_gap" in idata.vi_trace.attrs
     report = (out / "report.md").read_text()
     assert report.count("**Verdict:**") == 3

@@ -10,7 +10,10 @@ As arviz-base keeps one adapter per inference backend (``io_numpyro.py``: ``SVIA
 * :attr:`~ResultAdapter.vectorize`: whether the model may be run vectorized over draws
   (posterior predictive, prior);
 * :meth:`~ResultAdapter.attrs` and :meth:`~ResultAdapter.trace`: the attributes of every
-  group and the optimisation-trace group (``vi_trace`` or ``em_trace``).
+  group and the optimisation-trace group (``vi_trace`` or ``em_trace``);
+* :meth:`~ResultAdapter.summed_out` and :meth:`~ResultAdapter.fitted_params`: the discrete
+  latents the fit sums out (for the marginal log-likelihood) and the point-estimated
+  parameters (the ``fitted_params`` group).
 
 What each kind puts in the posterior:
 
@@ -31,8 +34,10 @@ import abc
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from pyrovi._draws import SiteShape, seeded_draws
+from pyrovi._model import ModelInfo
 from pyrovi._result import FitResult
 from pyrovi.arviz.draws import ExportDraws, log_density
 
@@ -83,6 +88,18 @@ class ResultAdapter(abc.ABC):
         """The values of :attr:`trace_var`, one per iteration."""
         return np.asarray(self.result.objective_trace, dtype=float)
 
+    @abc.abstractmethod
+    def summed_out(self, info: ModelInfo) -> tuple[str, ...]:
+        """The discrete latent sites the fit sums out exactly (none: ``()``); the
+        marginal pointwise log-likelihood sums them out too."""
+
+    def fitted_params(self, info: ModelInfo) -> dict[str, torch.Tensor]:
+        """The model's point-estimated ``pyro.param`` values (constrained), by name: the
+        ``param`` sites of the model's trace (a guide's own parameters are left out)."""
+        names = [k for k, site in info.trace.nodes.items() if site["type"] == "param"]
+        params = self.result.params
+        return {k: params[k].detach() for k in names if k in params}
+
     def attrs(self) -> dict[str, Any]:
         """What every group records about the fit (not yet encoded for netCDF)."""
         r = self.result
@@ -106,6 +123,9 @@ class VIAdapter(ResultAdapter):
     @property
     def vectorize(self) -> bool:
         return bool(self.result.vectorized) and not self.result.enumerated_sites
+
+    def summed_out(self, info: ModelInfo) -> tuple[str, ...]:
+        return tuple(self.result.enumerated_sites)
 
     def posterior(self, n: int, seed: int, shapes: dict[str, SiteShape]) -> ExportDraws:
         r = self.result
@@ -147,6 +167,16 @@ class EMAdapter(ResultAdapter):
     @property
     def vectorize(self) -> bool:
         return True
+
+    def summed_out(self, info: ModelInfo) -> tuple[str, ...]:
+        latent = tuple(self.result.latent_sites)
+        if latent and set(latent) <= set(info.discrete):
+            return latent  # the exact E-step enumerates them
+        return ()
+
+    def fitted_params(self, info: ModelInfo) -> dict[str, torch.Tensor]:
+        """Every fitted parameter (EM fits the model's own parameters only)."""
+        return {k: torch.as_tensor(v).detach() for k, v in self.result.params.items()}
 
     def posterior(self, n: int, seed: int, shapes: dict[str, SiteShape]) -> ExportDraws:
         draws = self.result.posterior_draws(n, seed=seed)

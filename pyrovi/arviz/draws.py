@@ -12,15 +12,28 @@ from __future__ import annotations
 
 import dataclasses
 
-import pyro.poutine as poutine
 import torch
 
-from pyrovi._draws import SiteShape, model_draws, model_log_density, predictive_draws
+from pyrovi._draws import (
+    SiteShape,
+    enumerated_pointwise_log_lik,
+    model_draws,
+    model_log_density,
+    predictive_draws,
+    uncondition_data,
+)
 from pyrovi._plates import vectorize_else_loop
 from pyrovi._result import FitResult
 from pyrovi._runtime import seeded
 
-__all__ = ["ExportDraws", "log_density", "posterior_predictive", "prior_draws"]
+__all__ = [
+    "ExportDraws",
+    "log_density",
+    "posterior_predictive",
+    "prior_draws",
+    "deterministic_draws",
+    "marginal_log_likelihood",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +65,17 @@ class ExportDraws:
 
 
 def log_density(
-    result: FitResult, values: dict, shapes: dict[str, SiteShape], vectorize: bool
+    result: FitResult, values: dict, shapes: dict[str, SiteShape], vectorize: bool,
+    model=None,
 ) -> tuple[torch.Tensor, dict]:
     """``log p(x, z)`` and pointwise log-likelihoods at ``values`` (see
-    :func:`pyrovi._draws.model_log_density`), inside the fit's scope."""
+    :func:`pyrovi._draws.model_log_density`), inside the fit's scope; ``model`` defaults
+    to the fit's."""
+    model = result.model if model is None else model
     with result.scope(), torch.no_grad():
         return vectorize_else_loop(
             lambda vectorized: model_log_density(
-                result.model, result.args, result.kwargs, values, shapes=shapes,
+                model, result.args, result.kwargs, values, shapes=shapes,
                 max_plate_nesting=result.max_plate_nesting, vectorized=vectorized,
             ),
             vectorize,
@@ -67,18 +83,59 @@ def log_density(
 
 
 def posterior_predictive(
-    result: FitResult, values: dict, seed: int, observed: tuple, vectorize: bool
+    result: FitResult, values: dict, seed: int, observed: tuple | None, vectorize: bool,
+    args: tuple | None = None, kwargs: dict | None = None, model=None,
 ) -> dict:
-    """Observed sites drawn from the model at each posterior draw in ``values``."""
+    """The model run at each posterior draw in ``values`` with its observed sites drawn
+    anew; the ``observed`` sites (every sample site when None).  ``args`` and ``kwargs``
+    default to the fit's (other ones: predictions at new inputs)."""
+    args = result.args if args is None else tuple(args)
+    kwargs = result.kwargs if kwargs is None else dict(kwargs)
+    model = result.model if model is None else model
     with seeded(seed, result.device), result.scope():
         out = vectorize_else_loop(
             lambda vectorized: predictive_draws(
-                result.model, result.args, result.kwargs, values,
+                model, args, kwargs, values,
                 max_plate_nesting=result.max_plate_nesting, vectorized=vectorized,
             ),
             vectorize,
         )
-    return {k: out[k] for k in observed}
+    return dict(out) if observed is None else {k: out[k] for k in observed if k in out}
+
+
+def deterministic_draws(
+    result: FitResult, values: dict, shapes: dict[str, SiteShape], names: tuple,
+    vectorize: bool,
+) -> dict:
+    """The ``pyro.deterministic`` sites ``names`` at each posterior draw in ``values``,
+    the model conditioned on its data (``(n, *site_shape)`` each)."""
+    if not names or not values:
+        return {}
+    n = next(iter(values.values())).shape[0]
+    with result.scope(), torch.no_grad():
+        return vectorize_else_loop(
+            lambda vectorized: model_draws(
+                result.model, result.args, result.kwargs, values, n=n, shapes=shapes,
+                max_plate_nesting=result.max_plate_nesting, vectorized=vectorized,
+                sites=tuple(names),
+            ),
+            vectorize,
+        )
+
+
+def marginal_log_likelihood(
+    result: FitResult, values: dict, n: int, observed: tuple, shapes: dict[str, SiteShape],
+    model=None,
+) -> dict:
+    """Pointwise log-likelihood of the ``observed`` sites with the model's finite discrete
+    latents summed out, conditioned on the continuous latents in ``values`` (see
+    :func:`pyrovi._draws.enumerated_pointwise_log_lik`)."""
+    model = result.model if model is None else model
+    with result.scope(), torch.no_grad():
+        return enumerated_pointwise_log_lik(
+            model, result.args, result.kwargs, values, n=n, observed=observed,
+            shapes=shapes, max_plate_nesting=result.max_plate_nesting,
+        )
 
 
 def prior_draws(
@@ -91,7 +148,7 @@ def prior_draws(
     :func:`pyrovi._plates.site_shapes`; a model that does not broadcast over the extra plate
     is run ``n`` times instead.
     """
-    model = poutine.uncondition(result.model)
+    model = uncondition_data(result.model)
     with seeded(seed, result.device), result.scope():
         return vectorize_else_loop(
             lambda vectorized: model_draws(

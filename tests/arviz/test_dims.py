@@ -11,7 +11,7 @@ def test_site_in_schools_plate_gets_schools_dim(meanfield):
     idata = to_arviz(meanfield, 20)
     theta = idata.posterior["theta_tilde"]
     assert theta.dims == ("chain", "draw", "schools")
-    assert theta.shape == (1, 20, 8)
+    assert theta.shape == (4, 5, 8)  # 20 i.i.d. draws as 4 chains
     np.testing.assert_array_equal(idata.posterior["schools"], np.arange(8))
     assert idata.posterior["mu"].dims == ("chain", "draw")  # scalar site: no extra dim
     assert idata.log_likelihood["obs"].dims == ("chain", "draw", "schools")

@@ -20,7 +20,7 @@ def _np(x):
 
 def test_groups_and_attributes(meanfield, schools_data):
     SIGMA, Y = schools_data
-    idata = meanfield.to_arviz(50)
+    idata = meanfield.to_arviz(48)
     assert set(idata.groups()) == {
         "posterior", "sample_stats", "log_likelihood", "posterior_predictive",
         "observed_data", "constant_data", "vi_trace",
@@ -39,16 +39,18 @@ def test_groups_and_attributes(meanfield, schools_data):
 
 
 def test_vi_trace_holds_the_elbo_per_step(meanfield):
-    trace = meanfield.to_arviz(10).vi_trace
-    assert trace["elbo"].dims == ("step",)
-    np.testing.assert_allclose(trace["elbo"], meanfield.elbo_trace)
+    trace = meanfield.to_arviz(40).vi_trace
+    assert trace["elbo"].dims == ("chain", "step")  # the fit behind each chain
+    np.testing.assert_allclose(trace["elbo"].sel(chain=0), meanfield.elbo_trace)
     attrs = decode_attrs(trace.attrs)
     assert attrs["elbo"] == pytest.approx(meanfield.elbo)
     assert attrs["elbo_se"] == pytest.approx(meanfield.elbo_se)
 
 
 def test_draws_have_the_meanfield_guide_moments(meanfield):
-    post = to_arviz(meanfield, 4000, posterior_predictive=False, log_likelihood=False).posterior
+    post = to_arviz(
+        meanfield, 4000, num_chains=1, posterior_predictive=False, log_likelihood=False
+    ).posterior
     n = 4000
     for site, transform in (("mu", lambda x: x), ("tau", np.log), ("theta_tilde", lambda x: x)):
         loc = meanfield.params[f"AutoNormal.locs.{site}"].numpy()
@@ -60,7 +62,7 @@ def test_draws_have_the_meanfield_guide_moments(meanfield):
 
 def test_log_densities_match_the_model_and_guide(meanfield, schools_data):
     SIGMA, Y = schools_data
-    idata = to_arviz(meanfield, 200, posterior_predictive=False)
+    idata = to_arviz(meanfield, 200, num_chains=1, posterior_predictive=False)
     post, stats = idata.posterior, idata.sample_stats
     mu = torch.as_tensor(post["mu"].values[0])
     tau = torch.as_tensor(post["tau"].values[0])
@@ -90,7 +92,7 @@ def test_log_densities_match_the_model_and_guide(meanfield, schools_data):
 
 
 def test_fullrank_log_weight_is_lp_minus_log_q(fullrank):
-    stats = to_arviz(fullrank, 100).sample_stats
+    stats = to_arviz(fullrank, 100, num_chains=1).sample_stats
     np.testing.assert_allclose(stats["log_weight"], stats["lp"] - stats["log_q"], atol=1e-5)
     # the mean log weight is an ELBO estimate: it agrees with the fit's own
     w = _np(stats["log_weight"].values[0])
@@ -99,7 +101,7 @@ def test_fullrank_log_weight_is_lp_minus_log_q(fullrank):
 
 def test_posterior_predictive_uses_the_posterior_draws(meanfield, schools_data):
     SIGMA, _ = schools_data
-    idata = to_arviz(meanfield, 2000, log_likelihood=False)
+    idata = to_arviz(meanfield, 2000, num_chains=1, log_likelihood=False)
     post = idata.posterior
     loc = post["mu"] + post["tau"] * post["theta_tilde"]
     resid = (idata.posterior_predictive["obs"] - loc).values[0]
@@ -109,7 +111,7 @@ def test_posterior_predictive_uses_the_posterior_draws(meanfield, schools_data):
 
 
 def test_prior_groups_have_the_prior_moments(meanfield):
-    idata = to_arviz(meanfield, 2000, prior=True, log_likelihood=False)
+    idata = to_arviz(meanfield, 2000, num_chains=1, prior=True, log_likelihood=False)
     mu = _np(idata.prior["mu"].values[0])
     assert abs(mu.mean()) < 4 * 5.0 / math.sqrt(2000)
     assert mu.std() == pytest.approx(5.0, rel=0.08)
@@ -140,18 +142,18 @@ class FakeDiagnostics:
 
 def test_diagnostics_become_trace_attributes(meanfield):
     diag = FakeDiagnostics(elbo=-31.0, log_evidence=-30.5, log_evidence_method="is", khat=0.4)
-    attrs = decode_attrs(to_arviz(meanfield, 10, diagnostics=diag).vi_trace.attrs)
+    attrs = decode_attrs(to_arviz(meanfield, 40, diagnostics=diag).vi_trace.attrs)
     assert attrs["diagnostics_log_evidence"] == -30.5
     assert attrs["diagnostics_log_evidence_method"] == "is"
     assert attrs["diagnostics_khat"] == 0.4
     assert "diagnostics_samples" not in attrs
     with pytest.raises(TypeError, match="diagnostics must be a dataclass"):
-        to_arviz(meanfield, 10, diagnostics=3.0)
+        to_arviz(meanfield, 40, diagnostics=3.0)
 
 
 # ---------------------------------------------------------------------------- EM
 def test_em_export_is_exact(em_fit, conjugate_data):
-    idata = em_fit.to_arviz(4000) if hasattr(em_fit, "to_arviz") else to_arviz(em_fit, 4000)
+    idata = em_fit.to_arviz(4000, num_chains=1)
     assert decode_attrs(idata.posterior.attrs)["inference_method"] == "expectation_maximization"
     # exact posterior draws: log_weight = log p(x, z) - log p(z | x) = log p(x) everywhere
     np.testing.assert_allclose(idata.sample_stats["log_weight"], em_fit.log_evidence, atol=1e-3)
@@ -163,8 +165,8 @@ def test_em_export_is_exact(em_fit, conjugate_data):
     assert abs(z.mean() - mean) < 5 * sd / math.sqrt(4000)
     assert z.std() == pytest.approx(sd, rel=0.06)
     trace = idata.em_trace
-    assert trace["log_evidence"].dims == ("iteration",)
-    np.testing.assert_allclose(trace["log_evidence"], em_fit.log_evidence_trace)
+    assert trace["log_evidence"].dims == ("chain", "iteration")  # the fit behind each chain
+    np.testing.assert_allclose(trace["log_evidence"].sel(chain=0), em_fit.log_evidence_trace)
     assert idata.log_likelihood["obs"].dims == ("chain", "draw", "data")
 
 
@@ -184,7 +186,7 @@ def test_enumerated_model_exports_marginal_lp_and_discrete_draws():
         warnings.simplefilter("ignore")
         result = pyrovi.VI(mixture, "meanfield", seed=0, progress=False, num_steps=5).run(x)
     assert result.enumerated_sites == ("k",)
-    idata = to_arviz(result, 15)
+    idata = to_arviz(result, 15, num_chains=1, log_likelihood="conditional")
     loc = torch.as_tensor(idata.posterior["loc"].values[0])  # (15, 2)
     k = torch.as_tensor(idata.posterior["k"].values[0])  # (15, 5)
     assert idata.posterior["k"].dims == ("chain", "draw", "data")
