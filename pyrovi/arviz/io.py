@@ -15,10 +15,9 @@ returns the container of the installed line (see :func:`~pyrovi.arviz.backend.ar
 
 from __future__ import annotations
 
-import math
 import os
 
-from pyrovi.arviz.attrs import decode_attrs, encode_value
+from pyrovi.arviz.attrs import decode_attrs, encode_attrs
 from pyrovi.arviz.backend import arviz_line
 from pyrovi.errors import PyroviError
 
@@ -26,16 +25,9 @@ __all__ = ["save_netcdf", "load_netcdf"]
 
 
 def _encode(attrs) -> dict:
-    """Encode what netCDF cannot store; strings and finite numbers stay as they are (so an
-    export's already encoded attributes are not encoded twice)."""
-    out = {}
-    for key, value in attrs.items():
-        native = isinstance(value, str) or (
-            isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value)
-        )
-        out[str(key)] = value if native else encode_value(str(key), value)
-    return out
+    """What netCDF stores: every value encoded (:func:`~pyrovi.arviz.attrs.encode_attrs`;
+    an export holds plain values in memory, so nothing is encoded twice)."""
+    return encode_attrs(attrs)
 
 
 def _is_datatree(data) -> bool:
