@@ -84,6 +84,7 @@ __all__ = [
     "autoguide_values",
     "write_autoguide",
     "model_log_density",
+    "result_log_density",
 ]
 
 FAMILIES = ("meanfield", "fullrank", "lowrank")
@@ -179,8 +180,9 @@ def pack(family: str | FamilyMath, q: QParams) -> torch.Tensor:
 # ----------------------------------------------------------------------------- draws
 
 
-def _raw_normals(num: int, n: int, generator: torch.Generator, dtype) -> torch.Tensor:
-    return torch.randn(num, n, generator=generator, dtype=torch.float64).to(dtype)
+def _raw_normals(num: int, n: int, generator: torch.Generator, dtype, device=None) -> torch.Tensor:
+    """Standard normals from a CPU generator (the same on every device), then moved."""
+    return torch.randn(num, n, generator=generator, dtype=torch.float64).to(device, dtype)
 
 
 def fixed_draws(raw: torch.Tensor, scheme: str = "moment_matched") -> torch.Tensor:
@@ -302,7 +304,7 @@ def _lbfgs_rounds(fam, log_density, eps, dim, dtype, theta, tol, max_iters, hist
     for _ in range(max_rounds):
         ref = _unpack(fam, theta, dim)
         f = _neg_objective_relative(fam, log_density, eps, dim, dtype, ref)
-        z0 = torch.zeros(num_params(fam, dim), dtype=theta.dtype)
+        z0 = torch.zeros(num_params(fam, dim), dtype=theta.dtype, device=theta.device)
         run = _lbfgs(f, z0, tol, max(max_iters - iters, 0), history)
         iters += run.iters
         trace += run.trace
@@ -344,7 +346,7 @@ def _check(log_density, fam, q, elbo, num_fresh, max_fresh, check_tol, generator
     n = 0
     want = num_fresh
     while True:
-        eps = _raw_normals(want - n, n_noise, generator, q.loc.dtype)
+        eps = _raw_normals(want - n, n_noise, generator, q.loc.dtype, q.loc.device)
         values.append(_log_ratios(log_density, fam, q, eps, 1000, dtype))
         n = want
         lw = torch.cat(values)
@@ -398,7 +400,7 @@ def elbo_fresh(
     dtype = dtype or work
     if eps is None:
         gen = generator or torch.Generator().manual_seed(0)
-        eps = _raw_normals(num_draws, fam.noise_dim(q.loc.shape[-1]), gen, work)
+        eps = _raw_normals(num_draws, fam.noise_dim(q.loc.shape[-1]), gen, work, q.loc.device)
     lw = _log_ratios(log_density, fam, q, eps, chunk, dtype)
     n = lw.shape[0]
     if not torch.isfinite(lw).all():
@@ -681,16 +683,20 @@ class DadviOutcome:
         return self.converged and self.check_passed
 
 
-def _init_theta(fam, dim, init_loc, init_scale, generator, work) -> torch.Tensor:
+def _init_theta(fam, dim, init_loc, init_scale, generator, work, device) -> torch.Tensor:
     rank = fam.rank
-    loc = torch.zeros(dim, dtype=work) if init_loc is None else init_loc.to(work).reshape(dim)
-    log_s = torch.full((dim,), math.log(init_scale), dtype=work)
+    loc = (
+        torch.zeros(dim, dtype=work, device=device)
+        if init_loc is None
+        else init_loc.to(device, work).reshape(dim)
+    )
+    log_s = torch.full((dim,), math.log(init_scale), dtype=work, device=device)
     parts = [loc, log_s]
     if fam.name == "fullrank":
-        parts.append(torch.zeros(dim * (dim - 1) // 2, dtype=work))
+        parts.append(torch.zeros(dim * (dim - 1) // 2, dtype=work, device=device))
     elif fam.name == "lowrank":
         # W = 0 is a stationary point of the ELBO in W: start off it, small and seeded
-        w = torch.randn(dim, rank, generator=generator, dtype=torch.float64).to(work)
+        w = torch.randn(dim, rank, generator=generator, dtype=torch.float64).to(device, work)
         parts.append((0.1 * w / math.sqrt(max(rank, 1))).reshape(-1))
     return torch.cat(parts)
 
@@ -718,6 +724,7 @@ def fit_dadvi(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
     work_dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
 ) -> DadviOutcome:
     r"""Fit a Gaussian family by DADVI.
 
@@ -774,6 +781,9 @@ def fit_dadvi(
         dtype in which ``log_density`` is called.
     work_dtype : torch.dtype
         dtype of ``theta`` and of the optimizer.
+    device : torch.device, optional
+        Where ``theta`` and the draws live (default: ``init``'s device, else the CPU); the
+        draws come from a CPU generator, so a seed gives the same draws everywhere.
 
     Returns
     -------
@@ -814,12 +824,18 @@ def fit_dadvi(
     start = time.perf_counter()
     counter = _Counter(log_density)
 
+    if device is None:
+        device = init.loc.device if isinstance(init, QParams) else (
+            init.device if isinstance(init, torch.Tensor) else torch.device("cpu")
+        )
     if isinstance(init, QParams):
-        theta = pack(fam, QParams(*(None if t is None else t.to(work_dtype) for t in init)))
+        theta = pack(
+            fam, QParams(*(None if t is None else t.to(device, work_dtype) for t in init))
+        )
     else:
-        theta = _init_theta(fam, dim, init, init_scale, gen, work_dtype)
+        theta = _init_theta(fam, dim, init, init_scale, gen, work_dtype, device)
 
-    raw = _raw_normals(_draw_count(num_draws, draws), n_noise, gen, work_dtype)
+    raw = _raw_normals(_draw_count(num_draws, draws), n_noise, gen, work_dtype, device)
     m = num_draws
     history_rows = []
     total_iters = 0
@@ -859,7 +875,7 @@ def fit_dadvi(
             break
         m = min(2 * m, max_draws + max_draws % 2)
         more = _draw_count(m, draws) - raw.shape[0]
-        raw = torch.cat([raw, _raw_normals(more, n_noise, gen, work_dtype)])
+        raw = torch.cat([raw, _raw_normals(more, n_noise, gen, work_dtype, device)])
 
     if draws == "moment_matched" and _draw_count(m, draws) < n_noise:
         notes.append(
@@ -995,6 +1011,29 @@ def write_autoguide(guide, family: str | FamilyMath, q: QParams, layout=None) ->
         leaf.copy_(transform_to(constraint).inv(value.to(leaf.dtype)).reshape(leaf.shape))
 
 
+def result_log_density(
+    model, args, kwargs, prototype_trace, *, max_plate_nesting: int, dtype=None
+) -> LogDensity:
+    """The batched flat log density ``u (P, D) -> (P,)`` of a Pyro model in the layout of an
+    autoguide's ``prototype_trace`` (Jacobians included), as the compiled path traces it;
+    inputs are cast to the model's dtype, outputs returned in ``dtype`` (default: the
+    model's)."""
+    from pyrovi.fast.potential import build_potential, layout_from_trace, trace_log_density
+
+    layout = layout_from_trace(prototype_trace)
+    potential = build_potential(model, tuple(args), dict(kwargs or {}), layout, max_plate_nesting)
+    site = next(iter(prototype_trace.iter_stochastic_nodes()))[1]
+    model_dtype = site["value"].dtype
+    u0 = torch.zeros(layout.dim, dtype=model_dtype, device=site["value"].device)
+    batched = torch.vmap(trace_log_density(potential, u0, jacobian=True))
+    out_dtype = dtype or model_dtype
+
+    def log_density(u: torch.Tensor) -> torch.Tensor:
+        return batched(u.to(model_dtype)).to(out_dtype)
+
+    return log_density
+
+
 def model_log_density(model, args=(), kwargs=None, *, max_plate_nesting: int = 1):
     """The batched flat log density of a Pyro model and its layout, ``(fn, layout)``.
 
@@ -1006,15 +1045,14 @@ def model_log_density(model, args=(), kwargs=None, *, max_plate_nesting: int = 1
     import pyro
     from pyro.infer import autoguide
 
-    from pyrovi.fast.potential import build_potential, layout_from_trace, trace_log_density
+    from pyrovi.fast.potential import layout_from_trace
 
     kwargs = dict(kwargs or {})
     guide = autoguide.AutoMultivariateNormal(model)
     with pyro.get_param_store().scope():
         guide(*args, **kwargs)
     layout = layout_from_trace(guide.prototype_trace)
-    potential = build_potential(model, args, kwargs, layout, max_plate_nesting)
-    site = next(iter(guide.prototype_trace.iter_stochastic_nodes()))[1]
-    u0 = torch.zeros(layout.dim, dtype=site["value"].dtype)
-    graph = trace_log_density(potential, u0, jacobian=True)
-    return torch.vmap(graph), layout
+    fn = result_log_density(
+        model, args, kwargs, guide.prototype_trace, max_plate_nesting=max_plate_nesting
+    )
+    return fn, layout
