@@ -302,21 +302,26 @@ class Fit:
             return None
         try:
             out = self._train_dadvi(plan)
-        except ValueError as err:
-            if vi.method == "dadvi":
+        except KeyboardInterrupt:
+            outcome = Outcome(trace=(), converged=False, interrupted=True)
+            return self._finish(outcome, "dadvi")
+        except Exception as err:  # the guide's parameters are untouched: SGD can start over
+            nonfinite_start = isinstance(err, ValueError) and "not finite at the initial" in str(
+                err
+            )
+            if vi.method == "dadvi" and nonfinite_start:
                 # the fixed draws never change: every step would see the same value
                 raise self._nonfinite_error(
                     NonFinite(step=0, streak=vi.max_skips + 1, max_skips=vi.max_skips),
                     Outcome(trace=(), converged=False), "dadvi",
                 ) from err
+            if vi.method == "dadvi":
+                raise
+            what = "could not start" if nonfinite_start else f"failed ({type(err).__name__})"
             run.notes.append(
-                f"DADVI could not start ({err}); stochastic-gradient VI was run from the same "
-                "start"
+                f"DADVI {what}: {err}; stochastic-gradient VI was run from the same start"
             )
             return None
-        except KeyboardInterrupt:
-            outcome = Outcome(trace=(), converged=False, interrupted=True)
-            return self._finish(outcome, "dadvi")
         note = self._dadvi_note(out)
         if out.ok or out.budget_exhausted or vi.method == "dadvi":
             run.notes.append(note)

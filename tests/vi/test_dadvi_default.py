@@ -169,6 +169,19 @@ def test_a_non_finite_start_raises_what_sgd_raises(method):
         assert any("DADVI could not start" in n for n in info.value.result.notes)
 
 
+def test_auto_falls_back_when_dadvi_itself_fails(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no batching rule")
+
+    monkeypatch.setattr(vi_fit.dadvi, "fit_dadvi", broken)
+    y = small.normal_normal_data()
+    fit = pyrovi.VI(small.normal_normal, window=50, tol=1e-3, **QUIET).run(y)
+    assert fit.backend == "compiled"
+    assert any("DADVI failed (RuntimeError): no batching rule" in n for n in fit.notes)
+    with pytest.raises(RuntimeError, match="no batching rule"):
+        pyrovi.VI(small.normal_normal, method="dadvi", **QUIET).run(y)
+
+
 def scale_model(y):
     sigma = pyro.sample("sigma", dist.HalfNormal(torch.tensor(1.0, dtype=y.dtype)))
     with pyro.plate("data", y.shape[0]):
