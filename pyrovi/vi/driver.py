@@ -131,7 +131,11 @@ class VI:
 
     Notes
     -----
-    Defaults were chosen so that a default fit reaches its family's optimum.  A constant
+    Defaults were chosen so that a default fit reaches its family's optimum.  For the
+    Gaussian families the default is DADVI, whose optimum is that of a fixed objective and
+    is verified on fresh draws; on a Gaussian posterior it is the family's exact optimum.
+    For stochastic-gradient VI (``method="sgd"``, and wherever DADVI does not apply): a
+    constant
     Adam step leaves a single-particle fit jittering a few nats below the optimum with its
     scales shrunk; here the step size is cut by 0.3 at each plateau of the window-mean ELBO
     (four times), the fit stops when the ELBO plateaus at the smallest step size, and each
