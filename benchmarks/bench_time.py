@@ -30,7 +30,7 @@ run on 1 thread.
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_time.py [--steps 5000] [--skip-sgd]
-        [--problems diabetes,8schools,logreg@,cancer]
+        [--problems diabetes,8schools,logreg@,cancer] [--families meanfield,fullrank]
 """
 
 from __future__ import annotations
@@ -246,6 +246,8 @@ def main(argv=None) -> None:
                         help='leave out pyrovi.VI(method="sgd")')
     parser.add_argument("--problems", default=None,
                         help="comma-separated subset of diabetes,8schools,logreg@,cancer")
+    parser.add_argument("--families", default=",".join(FAMILIES),
+                        help="comma-separated subset of meanfield,fullrank")
     parser.add_argument("--eval-draws", type=int, default=10_000)
     opts = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -266,7 +268,7 @@ def main(argv=None) -> None:
     names = opts.problems.split(",") if opts.problems else None
     for pname, (model, args, npname) in problems(names).items():
         log_density, layout = model_log_density(model, args)
-        for family in FAMILIES:
+        for family in opts.families.split(","):
             gen = torch.Generator().manual_seed(12345)
             eps = torch.randn(opts.eval_draws, layout.dim, generator=gen, dtype=F64)
 
