@@ -31,7 +31,7 @@ from pyrovi.fast.potential import (
     trace_log_density,
 )
 from pyrovi.fast.step import Stepper, StepState, make_neg_elbo, new_state
-from pyrovi.guides import GuideSpec
+from pyrovi.guides import GuideSpec, parse_guide
 
 __all__ = ["Plan", "plan", "train", "run_steps"]
 
@@ -152,9 +152,10 @@ def plan(
         The model's arguments.
     info : ModelInfo
         The model's prototype trace and its sites.
-    family : GuideSpec
-        The parsed guide argument; its family record says whether the compiled path takes
-        it (``meanfield``, ``lowrank``, ``fullrank``, ``delta``) and supplies the math.
+    family : GuideSpec or str
+        The parsed guide argument (or a family name, parsed here); its family record says
+        whether the compiled path takes it (``meanfield``, ``lowrank``, ``fullrank``,
+        ``delta``) and supplies the math.
     settings : Settings
         The training settings (step size, clipping, particles, window).
     optim : optional
@@ -179,6 +180,8 @@ def plan(
     Creates the guide's parameters in the active Pyro parameter store (running the guide
     once, as SVI's first step would), and traces the model.
     """
+    if isinstance(family, str):  # a family name, as a user writes it
+        family = parse_guide(family)
     reason = _cheap_reason(
         family, info, optim=optim, enumerated=tuple(enumerated), vectorize=vectorize
     )
