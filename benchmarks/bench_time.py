@@ -1,14 +1,18 @@
-"""Time to an answer: DADVI against pyrovi's default VI, Pyro's SVI and NumPyro's SVI.
+"""Time to an answer: pyrovi.VI (DADVI by default, and method="sgd"), Pyro's SVI, NumPyro.
 
 Problems: Bayesian linear regression with known noise on the diabetes data (D=10, the
-posterior is Gaussian) and eight schools, non-centred (D=10, a funnel-ish non-Gaussian
-posterior); families meanfield and fullrank.  Contenders:
+posterior is Gaussian); eight schools, non-centred (D=10, a funnel-ish non-Gaussian
+posterior); a logistic regression written ``X @ w + b`` (synthetic, N=1,000, D=10+1; the
+model does not broadcast over a particle dimension, so the stochastic-gradient path loops
+over particles while DADVI, which batches single-point evaluations with ``torch.vmap``, does
+not need it to); and the same logistic regression on scikit-learn's breast-cancer data
+(N=569, D=30+1, standardized features).  Families meanfield and fullrank.  Contenders:
 
-* ``dadvi``: :func:`pyrovi.fast.dadvi.fit_dadvi` with its defaults (L-BFGS, moment-matched
-  fixed draws, the fresh-draw check), timed from the model: tracing its log density
-  included;
-* ``pyrovi.VI``: ``pyrovi.VI(model, family, seed=0, progress=False).run(...)``, today's
-  default (Adam, 8 particles, plateau schedule; its final ELBO estimate included);
+* ``VI``: ``pyrovi.VI(model, family, seed=0, progress=False).run(...)``, the default:
+  DADVI (L-BFGS on moment-matched fixed draws, the fresh-draw check; tracing the model and
+  the final ELBO included);
+* ``VI sgd``: the same with ``method="sgd"`` (Adam, 8 particles, plateau schedule, on the
+  compiled path where it applies; its final ELBO estimate included);
 * ``pyro``: ``pyro.infer.SVI``, ``Trace_ELBO`` with 1 particle, ``Adam(0.01)``, 5,000 steps,
   ``AutoNormal`` / ``AutoMultivariateNormal``;
 * ``numpyro``: NumPyro's ``SVI.run`` (jitted loop; compilation included), same settings,
@@ -18,13 +22,15 @@ Every fit is scored by ONE evaluator: the family's ELBO (nats) at the fit's para
 the same 10,000 fresh standard-normal draws (common random numbers, float64), computed from
 pyrovi's traced log density.  The family's optimum is found once by a long DADVI run with
 4,096 fixed draws and scored the same way; ``gap`` is optimum minus fit (paired draws, so
-its noise is far below the ELBO's own standard error).  Each library is warmed up once on a
+its noise is far below the ELBO's own standard error).  ``x VI`` is wall time over the
+default ``pyrovi.VI``'s, ``x numpyro`` over NumPyro's.  Each library is warmed up once on a
 tiny problem first (imports, first-call costs); every cell is one timed run.  torch and XLA
 run on 1 thread.
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_time.py [--steps 5000] [--skip-vi]
+    OMP_NUM_THREADS=1 python benchmarks/bench_time.py [--steps 5000] [--skip-sgd]
+        [--problems diabetes,8schools,logreg@,cancer] [--families meanfield,fullrank]
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ if __name__ == "__main__":  # before torch / jax are imported
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pyro  # noqa: E402
+import pyro.distributions as dist  # noqa: E402
 import torch  # noqa: E402
 from pyro.infer import SVI, Trace_ELBO, autoguide  # noqa: E402
 
@@ -61,13 +68,42 @@ FAMILIES = ("meanfield", "fullrank")
 # ----------------------------------------------------------------------------- problems
 
 
-def problems():
+def logistic_matmul(X, y):
+    """Logistic regression written the plain way, ``X @ w + b``: it does not broadcast over a
+    leading particle dimension."""
+    w = pyro.sample("w", dist.Normal(torch.zeros(X.shape[1], dtype=X.dtype), 1.0).to_event(1))
+    b = pyro.sample("b", dist.Normal(torch.tensor(0.0, dtype=X.dtype), 1.0))
+    with pyro.plate("data", X.shape[0]):
+        pyro.sample("y", dist.Bernoulli(logits=X @ w + b), obs=y)
+
+
+def _logistic_data(n=1000, d=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g, dtype=F64)
+    w = torch.randn(d, generator=g, dtype=F64)
+    y = torch.bernoulli(torch.sigmoid(X @ w + 0.3), generator=g)
+    return X, y
+
+
+def _breast_cancer():
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = torch.tensor((X - X.mean(0)) / X.std(0), dtype=F64)
+    return X, torch.tensor(y, dtype=F64)
+
+
+def problems(names=None):
     X, y = datasets.diabetes()
     ys, sigma = datasets.eight_schools()
-    return {
-        "diabetes": (models.linear_regression, (X, y), "linreg"),
-        "8schools": (models.eight_schools_noncentered, (sigma, ys), "schools"),
+    table = {
+        "diabetes": lambda: (models.linear_regression, (X, y), "linreg"),
+        "8schools": lambda: (models.eight_schools_noncentered, (sigma, ys), "schools"),
+        "logreg@": lambda: (logistic_matmul, _logistic_data(), "logistic"),
+        "cancer": lambda: (logistic_matmul, _breast_cancer(), "logistic"),
     }
+    names = names or list(table)
+    return {n: table[n]() for n in names}
 
 
 # ----------------------------------------------------------------------------- converters
@@ -95,25 +131,23 @@ def _getter(params: dict):
 # ----------------------------------------------------------------------------- contenders
 
 
-def run_dadvi(model, args, family):
-    t = time.perf_counter()
-    log_density, layout = model_log_density(model, args)
-    out = fit_dadvi(log_density, layout.dim, family, seed=0)
-    wall = time.perf_counter() - t
-    note = f"M={out.num_draws} it={out.num_iters} ev={out.num_evals} " + (
-        "check ok" if out.check_passed else "CHECK FAILED"
-    )
-    return out.params, wall, note
-
-
-def run_pyrovi(model, args, family, layout):
+def run_pyrovi(model, args, family, layout, method="auto"):
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = pyrovi.VI(model, family, seed=0, progress=False).run(*args)
+        result = pyrovi.VI(model, family, seed=0, progress=False, method=method).run(*args)
     wall = time.perf_counter() - t
     q = _from_store(family, layout, _getter(result.params))
-    return q, wall, f"{result.num_steps} steps, {result.backend}"
+    if result.backend == "dadvi":
+        out = result.dadvi
+        note = f"dadvi M={out.num_draws} it={out.num_iters} " + (
+            "check ok" if out.check_passed else "CHECK FAILED"
+        )
+    else:
+        note = f"{result.num_steps} steps, {result.backend}" + (
+            "" if result.vectorized else ", particle loop"
+        )
+    return q, wall, note
 
 
 def run_pyro(model, args, family, layout, steps):
@@ -147,7 +181,13 @@ def numpyro_models():
             eta = numpyro.sample("eta", nd.Normal(0.0, 1.0))
             numpyro.sample("obs", nd.Normal(mu + tau * eta, sigma), obs=y)
 
-    return {"linreg": linreg, "schools": schools}
+    def logistic(X, y):
+        w = numpyro.sample("w", nd.Normal(jnp.zeros(X.shape[1]), 1.0).to_event(1))
+        b = numpyro.sample("b", nd.Normal(0.0, 1.0))
+        with numpyro.plate("data", X.shape[0]):
+            numpyro.sample("y", nd.Bernoulli(logits=X @ w + b), obs=y)
+
+    return {"linreg": linreg, "schools": schools, "logistic": logistic}
 
 
 def run_numpyro(name, args, family, layout, steps):
@@ -182,27 +222,32 @@ def run_numpyro(name, args, family, layout, steps):
 # ----------------------------------------------------------------------------- main
 
 
-def warm_up(numpyro_ok: bool, skip_vi: bool) -> None:
+def warm_up(numpyro_ok: bool, skip_sgd: bool) -> None:
     """Imports and first-call costs of every library, on a tiny problem."""
     x = torch.randn(20, 2, dtype=F64)
     y = x.sum(-1)
     for family in FAMILIES:
-        run_dadvi(models.linear_regression, (x, y), family)
         _, layout = model_log_density(models.linear_regression, (x, y))
+        run_pyrovi(models.linear_regression, (x, y), family, layout)
         run_pyro(models.linear_regression, (x, y), family, layout, 10)
         if numpyro_ok:
             run_numpyro("linreg", (x, y), family, layout, 10)
-    if not skip_vi:
+    if not skip_sgd:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pyrovi.VI(models.linear_regression, "meanfield", seed=0, progress=False,
-                      num_steps=200).run(x, y)
+                      num_steps=200, method="sgd").run(x, y)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5000, help="Pyro / NumPyro SVI steps")
-    parser.add_argument("--skip-vi", action="store_true", help="leave out pyrovi.VI")
+    parser.add_argument("--skip-sgd", action="store_true",
+                        help='leave out pyrovi.VI(method="sgd")')
+    parser.add_argument("--problems", default=None,
+                        help="comma-separated subset of diabetes,8schools,logreg@,cancer")
+    parser.add_argument("--families", default=",".join(FAMILIES),
+                        help="comma-separated subset of meanfield,fullrank")
     parser.add_argument("--eval-draws", type=int, default=10_000)
     opts = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -214,15 +259,16 @@ def main(argv=None) -> None:
         numpyro_ok = False
     print(f"torch {torch.__version__}, pyro {pyro.__version__}, threads {torch.get_num_threads()}"
           + ("" if numpyro_ok else "; numpyro not importable: its column is left out"))
-    warm_up(numpyro_ok, opts.skip_vi)
+    warm_up(numpyro_ok, opts.skip_sgd)
 
-    header = f"{'problem':<9} {'family':<9} {'method':<9} {'wall s':>8} {'x dadvi':>8} " \
-             f"{'ELBO':>11} {'gap nats':>9}  notes"
+    header = f"{'problem':<9} {'family':<9} {'method':<9} {'wall s':>8} {'x VI':>7} " \
+             f"{'x numpyro':>9} {'ELBO':>11} {'gap nats':>9}  notes"
     print(header)
     print("-" * len(header))
-    for pname, (model, args, npname) in problems().items():
+    names = opts.problems.split(",") if opts.problems else None
+    for pname, (model, args, npname) in problems(names).items():
         log_density, layout = model_log_density(model, args)
-        for family in FAMILIES:
+        for family in opts.families.split(","):
             gen = torch.Generator().manual_seed(12345)
             eps = torch.randn(opts.eval_draws, layout.dim, generator=gen, dtype=F64)
 
@@ -232,19 +278,20 @@ def main(argv=None) -> None:
             best = fit_dadvi(log_density, layout.dim, family, num_draws=4096, max_draws=4096,
                              num_fresh=0, seed=1)
             opt_elbo, opt_se = score(best.params)
-            rows = [("dadvi", *run_dadvi(model, args, family))]
-            if not opts.skip_vi:
-                rows.append(("pyrovi.VI", *run_pyrovi(model, args, family, layout)))
+            rows = [("VI", *run_pyrovi(model, args, family, layout))]
+            if not opts.skip_sgd:
+                rows.append(("VI sgd", *run_pyrovi(model, args, family, layout, "sgd")))
             rows.append(("pyro", *run_pyro(model, args, family, layout, opts.steps)))
             if numpyro_ok:
                 rows.append(("numpyro", *run_numpyro(npname, args, family, layout, opts.steps)))
             base = rows[0][2]
+            peer = rows[-1][2] if numpyro_ok else float("nan")
             for method, q, wall, note in rows:
                 elbo, _ = score(q)
-                print(f"{pname:<9} {family:<9} {method:<9} {wall:8.2f} {wall / base:8.1f} "
-                      f"{elbo:11.3f} {opt_elbo - elbo:9.3f}  {note}")
-            print(f"{pname:<9} {family:<9} {'optimum':<9} {'':>8} {'':>8} {opt_elbo:11.3f} "
-                  f"{0.0:9.3f}  DADVI M=4096, ELBO se {opt_se:.3f}")
+                print(f"{pname:<9} {family:<9} {method:<9} {wall:8.2f} {wall / base:7.1f} "
+                      f"{wall / peer:9.2f} {elbo:11.3f} {opt_elbo - elbo:9.3f}  {note}")
+            print(f"{pname:<9} {family:<9} {'optimum':<9} {'':>8} {'':>7} {'':>9} "
+                  f"{opt_elbo:11.3f} {0.0:9.3f}  DADVI M=4096, ELBO se {opt_se:.3f}")
             sys.stdout.flush()
 
 

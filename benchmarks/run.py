@@ -4,7 +4,9 @@
 
 Each benchmark compares pyrovi with a peer in the same process (Pyro's SVI and NumPyro for
 VI, scikit-learn for mixture EM, Pyro's vectorized importance weights for the diagnostics),
-pins and prints its thread count, excludes warm-up and reports medians and ratios.
+pins and prints its thread count, excludes warm-up and reports medians and ratios.  The
+time-to-an-answer table (``bench_time.py``: the default ``pyrovi.VI``, i.e. DADVI, against
+``method="sgd"``, Pyro and NumPyro) is printed, not written to the JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_em  # noqa: E402
+import bench_time  # noqa: E402
 import bench_vi  # noqa: E402
 import bench_weights  # noqa: E402
 
@@ -38,6 +41,9 @@ def main(argv=None) -> None:
     print("== importance-weight throughput", flush=True)
     report["weights"] = bench_weights.run(particles=1_000 if opts.quick else 10_000)
     print(json.dumps(report["weights"], indent=1, default=str))
+    print("== time to an answer: pyrovi.VI (DADVI) vs method='sgd' vs Pyro vs NumPyro",
+          flush=True)
+    bench_time.main(["--problems", "diabetes,logreg@"] if opts.quick else [])
     with open(opts.out, "w") as fh:
         json.dump(report, fh, indent=1, default=str)
     print(f"report written to {opts.out}")

@@ -31,7 +31,7 @@ from pyrovi.fast.potential import (
     trace_log_density,
 )
 from pyrovi.fast.step import Stepper, StepState, make_neg_elbo, new_state
-from pyrovi.guides import GuideSpec
+from pyrovi.guides import GuideSpec, parse_guide
 
 __all__ = ["Plan", "plan", "train", "run_steps"]
 
@@ -47,16 +47,18 @@ class Plan:
     log_density : torch.fx.GraphModule
         The model's flat log-density, traced (with the Jacobians for the Gaussian families,
         without them for ``delta``, whose MAP is in the constrained space as in AutoDelta).
-    state : StepState
-        The optimizer state, starting at the guide's initial parameters.
-    step : Stepper
-        The traced (and, by policy, compiled) step over ``state``.
+    state : StepState or None
+        The optimizer state, starting at the guide's initial parameters (None for a plan
+        made with ``step=False``, which DADVI uses: it needs the log density only).
+    step : Stepper or None
+        The traced (and, by policy, compiled) step over ``state`` (None with
+        ``step=False``).
     """
 
     params: GuideParams
     log_density: torch.fx.GraphModule
-    state: StepState
-    step: Stepper
+    state: StepState | None
+    step: Stepper | None
 
 
 def _cheap_reason(
@@ -91,6 +93,7 @@ def _build(
     info: ModelInfo,
     family: GuideSpec,
     settings: Settings,
+    step: bool = True,
 ) -> Plan | str:
     """Trace the model and the step; a reason instead when either cannot be traced."""
     with torch.no_grad():
@@ -108,6 +111,8 @@ def _build(
         graph = trace_log_density(potential, u0, jacobian=params.family.jacobian)
     except TraceError as err:
         return str(err)
+    if not step:
+        return Plan(params, graph, None, None)
     state = new_state(
         params,
         lr=settings.lr,
@@ -117,10 +122,10 @@ def _build(
         window=settings.window,
     )
     try:
-        step = Stepper(make_neg_elbo(params, graph), state)
+        stepper = Stepper(make_neg_elbo(params, graph), state)
     except Exception as err:  # an op without a batching or autodiff rule, say
         return f"the ELBO step could not be traced ({type(err).__name__}: {err})"
-    return Plan(params, graph, state, step)
+    return Plan(params, graph, state, stepper)
 
 
 def plan(
@@ -135,6 +140,7 @@ def plan(
     optim: object = None,
     enumerated: tuple = (),
     vectorize: bool = True,
+    step: bool = True,
 ) -> Plan | str:
     """A :class:`Plan` to fit ``guide`` to ``model`` on the compiled path, or why it cannot.
 
@@ -146,9 +152,10 @@ def plan(
         The model's arguments.
     info : ModelInfo
         The model's prototype trace and its sites.
-    family : GuideSpec
-        The parsed guide argument; its family record says whether the compiled path takes
-        it (``meanfield``, ``lowrank``, ``fullrank``, ``delta``) and supplies the math.
+    family : GuideSpec or str
+        The parsed guide argument (or a family name, parsed here); its family record says
+        whether the compiled path takes it (``meanfield``, ``lowrank``, ``fullrank``,
+        ``delta``) and supplies the math.
     settings : Settings
         The training settings (step size, clipping, particles, window).
     optim : optional
@@ -156,7 +163,12 @@ def plan(
     enumerated : tuple of str
         Discrete sites summed out by enumeration (refused).
     vectorize : bool
-        Whether the model broadcasts over a particle dimension (required).
+        Whether the model broadcasts over a particle dimension (required).  The traced log
+        density itself is evaluated one point at a time and batched with
+        :func:`torch.vmap`, so it does not need the model to broadcast; DADVI passes True.
+    step : bool
+        Whether to build the optimizer state and the traced Adam step (False: the log
+        density only, for DADVI).
 
     Returns
     -------
@@ -168,13 +180,15 @@ def plan(
     Creates the guide's parameters in the active Pyro parameter store (running the guide
     once, as SVI's first step would), and traces the model.
     """
+    if isinstance(family, str):  # a family name, as a user writes it
+        family = parse_guide(family)
     reason = _cheap_reason(
         family, info, optim=optim, enumerated=tuple(enumerated), vectorize=vectorize
     )
     if reason is not None:
         return reason
     try:
-        return _build(model, guide, args, kwargs, info, family, settings)
+        return _build(model, guide, args, kwargs, info, family, settings, step)
     except Exception as err:  # anything unforeseen: SVI can still fit this model
         return f"the compiled path could not be set up ({type(err).__name__}: {err})"
 

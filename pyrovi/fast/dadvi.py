@@ -43,8 +43,13 @@ family          ``theta``                                  q(u) = N(loc, Sigma)
 ``lowrank``     ``loc``, ``log scale``, ``W`` (D x K)      Sigma = diag(s) (W W^T + I) diag(s)
 ==============  =========================================  ===================================
 
-and reported as a :class:`Gaussian` in Pyro's autoguide parameterization (``scale``,
-``factor``), which :func:`autoguide_values` maps to the autoguides' parameter names.
+and reported as a :class:`~pyrovi.families.QParams` (also exported here as
+:data:`Gaussian`) in Pyro's autoguide parameterization (``scale``, ``factor``), which
+:func:`autoguide_values` maps to the autoguides' parameter names.  The Gaussian math --
+draws from given noise, the closed-form entropy, the covariance, the noise dimension -- is
+that of the family objects of :mod:`pyrovi.families` (:class:`~pyrovi.families.MeanField`,
+:class:`~pyrovi.families.FullRank`, :class:`~pyrovi.families.LowRank`), the same the
+compiled SGD path uses; this module adds only its own optimization coordinates ``theta``.
 
 Everything takes and returns values; the only input from a model is ``log_density``, any
 callable mapping a batch of unconstrained vectors ``(P, D)`` to log densities ``(P,)``
@@ -62,164 +67,122 @@ from typing import NamedTuple
 import torch
 from torch.optim.lbfgs import _strong_wolfe
 
+from pyrovi.families import FamilyMath, FullRank, LowRank, MeanField, QParams
+
 __all__ = [
     "FAMILIES",
     "Gaussian",
     "DadviOutcome",
     "fit_dadvi",
+    "family_math",
     "linear_response_covariance",
     "num_params",
-    "noise_dim",
     "unpack",
     "pack",
-    "draw",
-    "entropy",
-    "covariance",
     "fixed_draws",
     "elbo_fresh",
     "autoguide_values",
     "write_autoguide",
     "model_log_density",
+    "result_log_density",
 ]
 
 FAMILIES = ("meanfield", "fullrank", "lowrank")
 
-_HALF_LOG_2PI_E = 0.5 * (1.0 + math.log(2.0 * math.pi))
-
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
 
-
-class Gaussian(NamedTuple):
-    """A fitted Gaussian in Pyro's autoguide parameterization.
-
-    Attributes
-    ----------
-    loc : Tensor (D,)
-    scale : Tensor (D,)
-        Positive per-coordinate scale.
-    factor : Tensor or None
-        ``fullrank``: the unit lower-triangular ``L`` (D, D), Sigma = diag(scale) L L^T
-        diag(scale); ``lowrank``: ``W`` (D, K), Sigma = diag(scale)(W W^T + I)diag(scale);
-        ``meanfield``: None, Sigma = diag(scale^2).
-    """
-
-    loc: torch.Tensor
-    scale: torch.Tensor
-    factor: torch.Tensor | None = None
+#: A fitted Gaussian in Pyro's autoguide parameterization: the family records' own
+#: :class:`~pyrovi.families.QParams` (``loc`` (D,), ``scale`` (D,), ``factor``: the unit
+#: lower-triangular ``L`` for fullrank, ``W`` (D, K) for lowrank, None for meanfield).
+Gaussian = QParams
 
 
-def _check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; DADVI fits {FAMILIES}")
-
-
-def num_params(family: str, dim: int, rank: int = 0) -> int:
-    """Length of ``theta``."""
-    _check_family(family)
+def family_math(family: str | FamilyMath, rank: int = 0) -> FamilyMath:
+    """The :mod:`pyrovi.families` math object of a Gaussian family given by name (or the
+    object itself); ``rank`` is the lowrank family's rank."""
+    if not isinstance(family, str):
+        if getattr(family, "name", None) not in FAMILIES:
+            raise ValueError(f"DADVI fits {FAMILIES}, not {family!r}")
+        return family
     if family == "meanfield":
-        return 2 * dim
+        return MeanField()
     if family == "fullrank":
+        return FullRank()
+    if family == "lowrank":
+        return LowRank(int(rank))
+    raise ValueError(f"unknown family {family!r}; DADVI fits {FAMILIES}")
+
+
+def _family_of_q(family: str | FamilyMath, q: QParams) -> FamilyMath:
+    if isinstance(family, str) and family == "lowrank":
+        return LowRank(int(q.factor.shape[-1]))
+    return family_math(family)
+
+
+def num_params(family: str | FamilyMath, dim: int, rank: int = 0) -> int:
+    """Length of ``theta``."""
+    fam = family_math(family, rank)
+    if fam.name == "meanfield":
+        return 2 * dim
+    if fam.name == "fullrank":
         return 2 * dim + dim * (dim - 1) // 2
-    return 2 * dim + dim * rank
-
-
-def noise_dim(family: str, dim: int, rank: int = 0) -> int:
-    """Standard-normal numbers per draw: ``D`` (``D + K`` for lowrank)."""
-    _check_family(family)
-    return dim + rank if family == "lowrank" else dim
+    return 2 * dim + dim * fam.rank
 
 
 class _Unpacked(NamedTuple):
+    """The optimization coordinates, unpacked (see :func:`_relative` for why ``factor``
+    is ``C`` for fullrank)."""
+
     loc: torch.Tensor
     log_scale: torch.Tensor  # log scale (meanfield, lowrank) or log diag C (fullrank)
     factor: torch.Tensor | None  # C (fullrank, lower with positive diagonal) or W
 
 
-def _unpack(family: str, theta: torch.Tensor, dim: int, rank: int) -> _Unpacked:
+def _unpack(fam: FamilyMath, theta: torch.Tensor, dim: int) -> _Unpacked:
     loc, log_scale = theta[:dim], theta[dim : 2 * dim]
-    if family == "meanfield":
+    if fam.name == "meanfield":
         return _Unpacked(loc, log_scale, None)
     rest = theta[2 * dim :]
-    if family == "fullrank":
+    if fam.name == "fullrank":
         rows, cols = torch.tril_indices(dim, dim, offset=-1, device=theta.device)
         strict = theta.new_zeros(dim, dim).index_put((rows, cols), rest)
         return _Unpacked(loc, log_scale, strict + torch.diag_embed(log_scale.exp()))
-    return _Unpacked(loc, log_scale, rest.reshape(dim, rank))
+    return _Unpacked(loc, log_scale, rest.reshape(dim, fam.rank))
 
 
-def unpack(family: str, theta: torch.Tensor, dim: int, rank: int = 0) -> Gaussian:
-    """``theta`` -> :class:`Gaussian` (Pyro's parameterization)."""
-    _check_family(family)
-    p = _unpack(family, theta, dim, rank)
+def _q(fam: FamilyMath, p: _Unpacked) -> QParams:
+    """The family's :class:`QParams` of unpacked coordinates."""
     scale = p.log_scale.exp()
-    if family == "fullrank":
-        return Gaussian(p.loc, scale, p.factor / scale[:, None])
-    return Gaussian(p.loc, scale, p.factor)
+    if fam.name == "fullrank":
+        return QParams(p.loc, scale, p.factor / scale[:, None])
+    return QParams(p.loc, scale, p.factor)
 
 
-def pack(family: str, q: Gaussian) -> torch.Tensor:
-    """:class:`Gaussian` -> ``theta`` (the inverse of :func:`unpack`)."""
-    _check_family(family)
+def unpack(family: str | FamilyMath, theta: torch.Tensor, dim: int, rank: int = 0) -> QParams:
+    """``theta`` -> :class:`QParams` (Pyro's parameterization)."""
+    fam = family_math(family, rank)
+    return _q(fam, _unpack(fam, theta, dim))
+
+
+def pack(family: str | FamilyMath, q: QParams) -> torch.Tensor:
+    """:class:`QParams` -> ``theta`` (the inverse of :func:`unpack`)."""
+    fam = _family_of_q(family, q)
     parts = [q.loc, q.scale.log()]
-    if family == "fullrank":
+    if fam.name == "fullrank":
         dim = q.loc.shape[-1]
         rows, cols = torch.tril_indices(dim, dim, offset=-1, device=q.loc.device)
         parts.append((q.scale[:, None] * q.factor)[rows, cols])
-    elif family == "lowrank":
+    elif fam.name == "lowrank":
         parts.append(q.factor.reshape(-1))
     return torch.cat(parts)
-
-
-def _draw(family: str, p: _Unpacked, eps: torch.Tensor) -> torch.Tensor:
-    if family == "meanfield":
-        return p.loc + p.log_scale.exp() * eps
-    if family == "fullrank":
-        return p.loc + eps @ p.factor.T
-    k = p.factor.shape[-1]
-    return p.loc + p.log_scale.exp() * (eps[:, :k] @ p.factor.T + eps[:, k:])
-
-
-def _entropy(family: str, p: _Unpacked) -> torch.Tensor:
-    dim = p.loc.shape[-1]
-    value = dim * _HALF_LOG_2PI_E + p.log_scale.sum()
-    if family == "lowrank":
-        w = p.factor
-        cap = torch.eye(w.shape[-1], dtype=w.dtype, device=w.device) + w.T @ w
-        value = value + torch.linalg.cholesky(cap).diagonal().log().sum()
-    return value
-
-
-def draw(family: str, q: Gaussian, eps: torch.Tensor) -> torch.Tensor:
-    """Draws ``(P, D)`` of q from standard-normal noise ``(P, noise_dim)``."""
-    return _draw(family, _unpack(family, pack(family, q), q.loc.shape[-1], _rank(family, q)), eps)
-
-
-def entropy(family: str, q: Gaussian) -> torch.Tensor:
-    """Closed-form entropy of q (nats)."""
-    return _entropy(family, _unpack(family, pack(family, q), q.loc.shape[-1], _rank(family, q)))
-
-
-def covariance(family: str, q: Gaussian) -> torch.Tensor:
-    """Dense Sigma (D, D) of q."""
-    _check_family(family)
-    if family == "meanfield":
-        return torch.diag_embed(q.scale**2)
-    if family == "fullrank":
-        r = q.scale[:, None] * q.factor
-        return r @ r.T
-    w = q.scale[:, None] * q.factor
-    return w @ w.T + torch.diag_embed(q.scale**2)
-
-
-def _rank(family: str, q: Gaussian) -> int:
-    return q.factor.shape[-1] if family == "lowrank" else 0
 
 
 # ----------------------------------------------------------------------------- draws
 
 
-def _raw_normals(num: int, n: int, generator: torch.Generator, dtype) -> torch.Tensor:
-    return torch.randn(num, n, generator=generator, dtype=torch.float64).to(dtype)
+def _raw_normals(num: int, n: int, generator: torch.Generator, dtype, device=None) -> torch.Tensor:
+    """Standard normals from a CPU generator (the same on every device), then moved."""
+    return torch.randn(num, n, generator=generator, dtype=torch.float64).to(device, dtype)
 
 
 def fixed_draws(raw: torch.Tensor, scheme: str = "moment_matched") -> torch.Tensor:
@@ -263,31 +226,31 @@ class _Counter:
         return self.log_density(u)
 
 
-def _neg_objective(family, log_density, eps, dim, rank, dtype):
+def _neg_objective(fam, log_density, eps, dim, dtype):
     """theta -> minus the fixed-draw ELBO (a scalar, float64 accumulation)."""
 
     def f(theta: torch.Tensor) -> torch.Tensor:
-        p = _unpack(family, theta, dim, rank)
-        u = _draw(family, p, eps)
+        q = _q(fam, _unpack(fam, theta, dim))
+        u = fam.draw(q, eps)
         lp = log_density(u.to(dtype))
-        return -(lp.to(theta.dtype).mean() + _entropy(family, p))
+        return -(lp.to(theta.dtype).mean() + fam.entropy(q))
 
     return f
 
 
-def _theta_of(family: str, p: _Unpacked) -> torch.Tensor:
+def _theta_of(fam: FamilyMath, p: _Unpacked) -> torch.Tensor:
     """The flat ``theta`` of unpacked parameters (inverse of :func:`_unpack`)."""
     parts = [p.loc, p.log_scale]
-    if family == "fullrank":
+    if fam.name == "fullrank":
         dim = p.loc.shape[-1]
         rows, cols = torch.tril_indices(dim, dim, offset=-1, device=p.loc.device)
         parts.append(p.factor[rows, cols])
-    elif family == "lowrank":
+    elif fam.name == "lowrank":
         parts.append(p.factor.reshape(-1))
     return torch.cat(parts)
 
 
-def _relative(family: str, z: torch.Tensor, ref: _Unpacked, dim: int, rank: int) -> _Unpacked:
+def _relative(fam: FamilyMath, z: torch.Tensor, ref: _Unpacked, dim: int) -> _Unpacked:
     """q from coordinates ``z`` relative to the reference ``ref`` (``z = 0`` gives ``ref``).
 
     The reference whitens the problem: ``loc = loc0 + A0 a`` and ``A = A0 B`` with ``A0``
@@ -297,30 +260,30 @@ def _relative(family: str, z: torch.Tensor, ref: _Unpacked, dim: int, rank: int)
     """
     a, b = z[:dim], z[dim : 2 * dim]
     log_scale = ref.log_scale + b
-    if family == "fullrank":
+    if fam.name == "fullrank":
         rows, cols = torch.tril_indices(dim, dim, offset=-1, device=z.device)
         strict = z.new_zeros(dim, dim).index_put((rows, cols), z[2 * dim :])
         c = ref.factor @ (strict + torch.diag_embed(b.exp()))
         return _Unpacked(ref.loc + ref.factor @ a, log_scale, c)
     loc = ref.loc + ref.log_scale.exp() * a
-    if family == "meanfield":
+    if fam.name == "meanfield":
         return _Unpacked(loc, log_scale, None)
-    return _Unpacked(loc, log_scale, ref.factor + z[2 * dim :].reshape(dim, rank))
+    return _Unpacked(loc, log_scale, ref.factor + z[2 * dim :].reshape(dim, fam.rank))
 
 
-def _neg_objective_relative(family, log_density, eps, dim, rank, dtype, ref):
+def _neg_objective_relative(fam, log_density, eps, dim, dtype, ref):
     """z -> minus the fixed-draw ELBO at :func:`_relative` (z, ref)."""
 
     def f(z: torch.Tensor) -> torch.Tensor:
-        p = _relative(family, z, ref, dim, rank)
-        u = _draw(family, p, eps)
+        q = _q(fam, _relative(fam, z, ref, dim))
+        u = fam.draw(q, eps)
         lp = log_density(u.to(dtype))
-        return -(lp.to(z.dtype).mean() + _entropy(family, p))
+        return -(lp.to(z.dtype).mean() + fam.entropy(q))
 
     return f
 
 
-def _lbfgs_rounds(family, log_density, eps, dim, rank, dtype, theta, tol, max_iters, history,
+def _lbfgs_rounds(fam, log_density, eps, dim, dtype, theta, tol, max_iters, history,
                   max_rounds=8, first_iters=25) -> _Run:
     """L-BFGS in ``theta``, then rounds in coordinates whitened by the current q
     (:func:`_relative`), each restarted from the last, until the gradient in the whitened
@@ -330,59 +293,61 @@ def _lbfgs_rounds(family, log_density, eps, dim, rank, dtype, theta, tol, max_it
     invariant).  The first round is in ``theta`` because whitening by a poor starting q
     (scales ``init_scale``) makes the first steps slower, not faster.
     """
-    f = _neg_objective(family, log_density, eps, dim, rank, dtype)
+    f = _neg_objective(fam, log_density, eps, dim, dtype)
     # handed over to the whitened rounds as soon as progress slows
     run = _lbfgs(f, theta, tol, min(max_iters, first_iters), history, ftol=1e-7, ftol_window=10)
     iters = run.iters
     theta = run.theta
+    trace = list(run.trace)
     if not math.isfinite(run.value) or (run.converged and not run.message and run.iters == 0):
         return run
     for _ in range(max_rounds):
-        ref = _unpack(family, theta, dim, rank)
-        f = _neg_objective_relative(family, log_density, eps, dim, rank, dtype, ref)
-        z0 = torch.zeros(num_params(family, dim, rank), dtype=theta.dtype)
+        ref = _unpack(fam, theta, dim)
+        f = _neg_objective_relative(fam, log_density, eps, dim, dtype, ref)
+        z0 = torch.zeros(num_params(fam, dim), dtype=theta.dtype, device=theta.device)
         run = _lbfgs(f, z0, tol, max(max_iters - iters, 0), history)
         iters += run.iters
-        theta = _theta_of(family, _relative(family, run.theta, ref, dim, rank)).detach()
+        trace += run.trace
+        theta = _theta_of(fam, _relative(fam, run.theta, ref, dim)).detach()
         if (run.converged and not run.message) or iters >= max_iters:
             break
         if not math.isfinite(run.value):
             break
-    return _Run(theta, run.value, run.grad_norm, iters, run.converged, run.message)
+    return _Run(theta, run.value, run.grad_norm, iters, run.converged, run.message, trace)
 
 
-def _log_q(family: str, p: _Unpacked, u: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+def _log_q(fam: FamilyMath, q: QParams, u: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """log q(u) of draws ``u = loc + A eps`` (P,)."""
-    dim = p.loc.shape[-1]
+    dim = q.loc.shape[-1]
     const = -0.5 * dim * math.log(2 * math.pi)
-    if family in ("meanfield", "fullrank"):  # A square, log|det A| = sum log_scale
-        return const - 0.5 * (eps * eps).sum(-1) - p.log_scale.sum()
+    log_scale = q.scale.log()
+    if fam.name in ("meanfield", "fullrank"):  # A square, log|det A| = sum log scale
+        return const - 0.5 * (eps * eps).sum(-1) - log_scale.sum()
     # lowrank: Sigma = S (I + W W^T) S, Woodbury and the determinant lemma
-    v = (u - p.loc) / p.log_scale.exp()
-    w = p.factor
+    v = (u - q.loc) / q.scale
+    w = q.factor
     cap = torch.eye(w.shape[-1], dtype=w.dtype, device=w.device) + w.T @ w
     chol = torch.linalg.cholesky(cap)
     proj = torch.cholesky_solve((v @ w).T, chol).T  # (P, K): cap^-1 W^T v
     quad = (v * v).sum(-1) - ((v @ w) * proj).sum(-1)
-    logdet = 2 * p.log_scale.sum() + 2 * chol.diagonal().log().sum()
+    logdet = 2 * log_scale.sum() + 2 * chol.diagonal().log().sum()
     return const - 0.5 * quad - 0.5 * logdet
 
 
-def _check(log_density, family, q, elbo, num_fresh, max_fresh, check_tol, generator, dtype):
+def _check(log_density, fam, q, elbo, num_fresh, max_fresh, check_tol, generator, dtype):
     """The fresh-draw check: ``(fresh, se, passed, allowed, num_fresh_used)``.
 
     Passes when ``|elbo - fresh| <= max(check_tol, 3 se)``; while the gap exceeds
     ``check_tol`` but not ``3 se`` (inconclusive) the fresh draws are doubled, up to
     ``max_fresh``.
     """
-    dim = q.loc.shape[-1]
-    n_noise = noise_dim(family, dim, _rank(family, q))
+    n_noise = fam.noise_dim(q.loc.shape[-1])
     values = []
     n = 0
     want = num_fresh
     while True:
-        eps = _raw_normals(want - n, n_noise, generator, q.loc.dtype)
-        values.append(_log_ratios(log_density, family, q, eps, 1000, dtype))
+        eps = _raw_normals(want - n, n_noise, generator, q.loc.dtype, q.loc.device)
+        values.append(_log_ratios(log_density, fam, q, eps, 1000, dtype))
         n = want
         lw = torch.cat(values)
         if not torch.isfinite(lw).all():
@@ -396,25 +361,23 @@ def _check(log_density, family, q, elbo, num_fresh, max_fresh, check_tol, genera
         want = min(2 * n, max_fresh)
 
 
-def _log_ratios(log_density, family, q, eps, chunk, dtype) -> torch.Tensor:
+def _log_ratios(log_density, fam, q, eps, chunk, dtype) -> torch.Tensor:
     """``log p(u) - log q(u)`` at the draws of ``eps`` (float64)."""
-    dim = q.loc.shape[-1]
     work = q.loc.dtype
     with torch.no_grad():
-        p = _unpack(family, pack(family, q), dim, _rank(family, q))
         values = []
         for start in range(0, eps.shape[0], chunk):
             e = eps[start : start + chunk].to(work)
-            u = _draw(family, p, e)
+            u = fam.draw(q, e)
             lp = log_density(u.to(dtype)).to(torch.float64)
-            values.append(lp - _log_q(family, p, u, e).to(torch.float64))
+            values.append(lp - _log_q(fam, q, u, e).to(torch.float64))
     return torch.cat(values)
 
 
 def elbo_fresh(
     log_density: LogDensity,
-    family: str,
-    q: Gaussian,
+    family: str | FamilyMath,
+    q: QParams,
     num_draws: int = 2000,
     *,
     generator: torch.Generator | None = None,
@@ -432,15 +395,13 @@ def elbo_fresh(
     ``eps`` (``(N, noise_dim)``) gives the draws explicitly (common random numbers across
     fits); otherwise ``num_draws`` iid draws from ``generator``.
     """
-    _check_family(family)
-    dim = q.loc.shape[-1]
-    rank = _rank(family, q)
+    fam = _family_of_q(family, q)
     work = q.loc.dtype
     dtype = dtype or work
     if eps is None:
         gen = generator or torch.Generator().manual_seed(0)
-        eps = _raw_normals(num_draws, noise_dim(family, dim, rank), gen, work)
-    lw = _log_ratios(log_density, family, q, eps, chunk, dtype)
+        eps = _raw_normals(num_draws, fam.noise_dim(q.loc.shape[-1]), gen, work, q.loc.device)
+    lw = _log_ratios(log_density, fam, q, eps, chunk, dtype)
     n = lw.shape[0]
     if not torch.isfinite(lw).all():
         return float("-inf") if bool((lw == -math.inf).any()) else float("nan"), float("inf")
@@ -458,6 +419,7 @@ class _Run:
     iters: int
     converged: bool
     message: str
+    trace: list = dataclasses.field(default_factory=list)  # the objective after each iteration
 
 
 def _value_and_grad(f):
@@ -534,11 +496,9 @@ def _lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20) -> _Ru
         step = t * d
         y = new_g - g
         sy = float(step @ y)
-        if new_value >= 1e30 or not math.isfinite(new_value):
-            stalled = True
-            break
-        if new_value > value:  # the line search found no decrease
-            stalled = True
+        if new_value >= 1e30 or not math.isfinite(new_value) or new_value > value:
+            stalled = True  # no finite decrease was found: x stays
+            values.append(value)
             break
         if sy > 1e-10 * float(y @ y) ** 0.5 * float(step @ step) ** 0.5:
             s_hist.append(step)
@@ -551,24 +511,26 @@ def _lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20) -> _Ru
         x = x + step
         if new_value == value and float(step.abs().max()) == 0.0:
             value, g = new_value, new_g
+            values.append(value)
             stalled = True
             break
         value, g = new_value, new_g
         values.append(value)
     gnorm = float(g.abs().max())
+    trace = [-v for v in values[1:]]
     if flat:
         return _Run(x, value, gnorm, iters, True, (
             f"converged by the objective's change (< {ftol:.1g} relative over {ftol_window} "
             f"iterations) with max|grad| = {gnorm:.3g} > tol: the optimum is approached only "
             "in a limit (for lowrank, typically a scale -> 0 with its factor row -> infinity)"
-        ))
+        ), trace)
     converged = gnorm <= tol
     msg = "" if converged else (
         f"L-BFGS stopped ({'line search stalled' if stalled else 'max_iters reached'}) with "
         f"max|grad| = {gnorm:.3g} > tol = {tol:.3g} after {iters} iterations"
         + (f"; {state['bad']} non-finite evaluations" if state["bad"] else "")
     )
-    return _Run(x, value, gnorm, iters, converged, msg)
+    return _Run(x, value, gnorm, iters, converged, msg, trace)
 
 
 def _hessian(f, theta: torch.Tensor) -> torch.Tensor:
@@ -599,10 +561,11 @@ def _newton(f, theta0, tol, max_iters) -> _Run:
     value, g = value_and_grad(theta)
     if g is None:
         return _Run(theta, value, math.inf, 0, False, "the objective is not finite at the start")
+    trace: list[float] = []
     while iters < max_iters:
         gnorm = float(g.abs().max())
         if gnorm <= tol:
-            return _Run(theta, value, gnorm, iters, True, "")
+            return _Run(theta, value, gnorm, iters, True, "", trace)
         iters += 1
         h = _hessian(f, theta)
         h = 0.5 * (h + h.T)
@@ -621,13 +584,15 @@ def _newton(f, theta0, tol, max_iters) -> _Run:
                 break
             lam *= 10.0
             if lam > 1e12:
+                trace.append(-value)
                 return _Run(theta, value, gnorm, iters, False, "Newton's step could not decrease "
-                            "the objective")
+                            "the objective", trace)
         theta, value, g = theta + step, new_value, new_g
+        trace.append(-value)
     gnorm = float(g.abs().max())
     ok = gnorm <= tol
     msg = "" if ok else f"Newton stopped at max_iters with max|grad| = {gnorm:.3g} > tol"
-    return _Run(theta, value, gnorm, iters, ok, msg)
+    return _Run(theta, value, gnorm, iters, ok, msg, trace)
 
 
 # ----------------------------------------------------------------------------- the fit
@@ -681,6 +646,11 @@ class DadviOutcome:
         The fixed draws of the final fit (for :func:`linear_response_covariance`).
     notes : tuple of str
         Plain-words remarks (non-convergence, the draw cap hit, the draw scheme used).
+    trace : tuple of float
+        The fixed-draw ELBO after each optimizer iteration, over all fits (``num_iters``
+        values; the draws change, and the objective with them, where ``M`` grew).
+    budget_exhausted : bool
+        Whether ``max_total_iters`` ran out before the optimizer converged.
     """
 
     family: str
@@ -704,6 +674,8 @@ class DadviOutcome:
     rank: int = 0
     draw_scheme: str = "moment_matched"
     draws: torch.Tensor | None = dataclasses.field(default=None, repr=False)
+    trace: tuple = dataclasses.field(default=(), repr=False)
+    budget_exhausted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -711,15 +683,20 @@ class DadviOutcome:
         return self.converged and self.check_passed
 
 
-def _init_theta(family, dim, rank, init_loc, init_scale, generator, work) -> torch.Tensor:
-    loc = torch.zeros(dim, dtype=work) if init_loc is None else init_loc.to(work).reshape(dim)
-    log_s = torch.full((dim,), math.log(init_scale), dtype=work)
+def _init_theta(fam, dim, init_loc, init_scale, generator, work, device) -> torch.Tensor:
+    rank = fam.rank
+    loc = (
+        torch.zeros(dim, dtype=work, device=device)
+        if init_loc is None
+        else init_loc.to(device, work).reshape(dim)
+    )
+    log_s = torch.full((dim,), math.log(init_scale), dtype=work, device=device)
     parts = [loc, log_s]
-    if family == "fullrank":
-        parts.append(torch.zeros(dim * (dim - 1) // 2, dtype=work))
-    elif family == "lowrank":
+    if fam.name == "fullrank":
+        parts.append(torch.zeros(dim * (dim - 1) // 2, dtype=work, device=device))
+    elif fam.name == "lowrank":
         # W = 0 is a stationary point of the ELBO in W: start off it, small and seeded
-        w = torch.randn(dim, rank, generator=generator, dtype=torch.float64).to(work)
+        w = torch.randn(dim, rank, generator=generator, dtype=torch.float64).to(device, work)
         parts.append((0.1 * w / math.sqrt(max(rank, 1))).reshape(-1))
     return torch.cat(parts)
 
@@ -727,13 +704,14 @@ def _init_theta(family, dim, rank, init_loc, init_scale, generator, work) -> tor
 def fit_dadvi(
     log_density: LogDensity,
     dim: int,
-    family: str = "meanfield",
+    family: str | FamilyMath = "meanfield",
     *,
     rank: int | None = None,
     num_draws: int | None = None,
     max_draws: int = 1024,
     tol: float | None = None,
     max_iters: int = 2000,
+    max_total_iters: int | None = None,
     check_tol: float = 0.05,
     num_fresh: int = 2000,
     max_fresh: int = 16000,
@@ -746,6 +724,7 @@ def fit_dadvi(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
     work_dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
 ) -> DadviOutcome:
     r"""Fit a Gaussian family by DADVI.
 
@@ -756,7 +735,9 @@ def fit_dadvi(
         (Jacobians included), differentiable with torch autograd.
     dim : int
         ``D``.
-    family : {"meanfield", "fullrank", "lowrank"}
+    family : {"meanfield", "fullrank", "lowrank"} or a family math object
+        By name, or a :class:`~pyrovi.families.MeanField`, :class:`~pyrovi.families.FullRank`
+        or :class:`~pyrovi.families.LowRank` (which carries its rank).
     rank : int, optional
         The lowrank family's rank (default ``max(1, round(sqrt(D)))``, as Pyro).
     num_draws : int, optional
@@ -776,6 +757,9 @@ def fit_dadvi(
         the objective changes by < 1e-9 relative over 20 iterations, with a note.
     max_iters : int
         Optimizer iterations per fit.
+    max_total_iters : int, optional
+        Optimizer iterations over all fits (all values of ``M``); when they run out the fit
+        stops where it is (``budget_exhausted``, not converged, with a note).
     check_tol : float
         Nats: the fixed- and fresh-draw ELBO must agree within ``max(check_tol, 3 SE)``.
     num_fresh, max_fresh : int
@@ -797,6 +781,9 @@ def fit_dadvi(
         dtype in which ``log_density`` is called.
     work_dtype : torch.dtype
         dtype of ``theta`` and of the optimizer.
+    device : torch.device, optional
+        Where ``theta`` and the draws live (default: ``init``'s device, else the CPU); the
+        draws come from a CPU generator, so a seed gives the same draws everywhere.
 
     Returns
     -------
@@ -808,16 +795,17 @@ def fit_dadvi(
         An unknown family, optimizer or draw scheme; or an objective that is not finite at
         the initial q.
     """
-    _check_family(family)
-    if family == "lowrank":
+    if isinstance(family, str) and family == "lowrank":
         rank = int(rank) if rank is not None else max(1, round(math.sqrt(dim)))
-    else:
-        rank = 0
+    fam = family_math(family, rank or 0)
+    rank = fam.rank
+    family = fam.name
+    budget = math.inf if max_total_iters is None else int(max_total_iters)
     if optimizer not in ("lbfgs", "newton"):
         raise ValueError(f"unknown optimizer {optimizer!r}")
     if tol is None:
         tol = 1e-6 if dtype == torch.float64 else 1e-3
-    n_noise = noise_dim(family, dim, rank)
+    n_noise = fam.noise_dim(dim)
     notes: list[str] = []
     if num_draws is None:
         num_draws = max(32, 2 * n_noise)
@@ -836,24 +824,31 @@ def fit_dadvi(
     start = time.perf_counter()
     counter = _Counter(log_density)
 
-    if isinstance(init, Gaussian):
-        theta = pack(family, Gaussian(*(None if t is None else t.to(work_dtype) for t in init)))
+    if device is None:
+        device = init.loc.device if isinstance(init, QParams) else (
+            init.device if isinstance(init, torch.Tensor) else torch.device("cpu")
+        )
+    if isinstance(init, QParams):
+        theta = pack(
+            fam, QParams(*(None if t is None else t.to(device, work_dtype) for t in init))
+        )
     else:
-        theta = _init_theta(family, dim, rank, init, init_scale, gen, work_dtype)
+        theta = _init_theta(fam, dim, init, init_scale, gen, work_dtype, device)
 
-    raw = _raw_normals(_draw_count(num_draws, draws), n_noise, gen, work_dtype)
+    raw = _raw_normals(_draw_count(num_draws, draws), n_noise, gen, work_dtype, device)
     m = num_draws
     history_rows = []
     total_iters = 0
+    trace: list[float] = []
+    exhausted = False
     while True:
         eps = fixed_draws(raw, draws)
-        f = _neg_objective(family, counter, eps, dim, rank, dtype)
+        f = _neg_objective(fam, counter, eps, dim, dtype)
+        iters = int(min(max_iters, budget - total_iters))
         if optimizer == "lbfgs":
-            run = _lbfgs_rounds(
-                family, counter, eps, dim, rank, dtype, theta, tol, max_iters, history
-            )
+            run = _lbfgs_rounds(fam, counter, eps, dim, dtype, theta, tol, iters, history)
         else:
-            run = _newton(f, theta, tol, max_iters)
+            run = _newton(f, theta, tol, iters)
         if not math.isfinite(run.value) and run.iters == 0:
             raise ValueError(
                 "the fixed-draw ELBO is not finite at the initial q (the log density is -inf, "
@@ -861,29 +856,37 @@ def fit_dadvi(
                 "init_scale)"
             )
         total_iters += run.iters
+        trace += run.trace
         theta = run.theta
         if run.converged and run.message:
             notes.append(run.message)
-        q = unpack(family, theta, dim, rank)
+        q = unpack(fam, theta, dim)
         elbo = -run.value
+        if not run.converged and total_iters >= budget:
+            exhausted = True
         if num_fresh > 0:
             fresh, se, passed, allowed, n_fresh = _check(
-                counter, family, q, elbo, num_fresh, max_fresh, check_tol, fresh_gen, dtype
+                counter, fam, q, elbo, num_fresh, max_fresh, check_tol, fresh_gen, dtype
             )
         else:
             fresh, se, passed, allowed, n_fresh = math.nan, math.nan, False, math.nan, 0
         history_rows.append((m, elbo, fresh, se))
-        if passed or num_fresh <= 0 or m >= max_draws:
+        if passed or num_fresh <= 0 or m >= max_draws or total_iters >= budget:
             break
         m = min(2 * m, max_draws + max_draws % 2)
         more = _draw_count(m, draws) - raw.shape[0]
-        raw = torch.cat([raw, _raw_normals(more, n_noise, gen, work_dtype)])
+        raw = torch.cat([raw, _raw_normals(more, n_noise, gen, work_dtype, device)])
 
     if draws == "moment_matched" and _draw_count(m, draws) < n_noise:
         notes.append(
             f"M/2 = {m // 2} < noise dimension {n_noise}: draws antithetic, not whitened"
         )
-    if not run.converged:
+    if exhausted:
+        notes.append(
+            f"stopped after max_total_iters = {max_total_iters} optimizer iterations before "
+            "converging"
+        )
+    elif not run.converged:
         notes.append(run.message)
     notes = list(dict.fromkeys(notes))
     if num_fresh <= 0:
@@ -920,6 +923,8 @@ def fit_dadvi(
         rank=rank,
         draw_scheme=draws,
         draws=eps,
+        trace=tuple(trace),
+        budget_exhausted=exhausted,
     )
 
 
@@ -942,11 +947,11 @@ def linear_response_covariance(
 
     ``eps`` are the fixed draws, by default those of the outcome's final fit.
     """
-    family = outcome.family
+    fam = family_math(outcome.family, outcome.rank)
     dim = outcome.params.loc.shape[-1]
     if eps is None:
         eps = outcome.draws
-    f = _neg_objective(family, log_density, eps, dim, outcome.rank, dtype)
+    f = _neg_objective(fam, log_density, eps, dim, dtype)
     h = _hessian(f, outcome.theta)
     h = 0.5 * (h + h.T)
     inv = torch.linalg.inv(h)
@@ -957,7 +962,9 @@ def linear_response_covariance(
 # ----------------------------------------------------------------------------- Pyro glue
 
 
-def autoguide_values(family: str, q: Gaussian, layout=None) -> dict[str, torch.Tensor]:
+def autoguide_values(
+    family: str | FamilyMath, q: QParams, layout=None
+) -> dict[str, torch.Tensor]:
     """q as the autoguide's constrained parameter values, by attribute path.
 
     ``meanfield`` (AutoNormal): ``locs.<site>`` and ``scales.<site>`` shaped by ``layout``
@@ -966,7 +973,7 @@ def autoguide_values(family: str, q: Gaussian, layout=None) -> dict[str, torch.T
     ``lowrank`` (AutoLowRankMultivariateNormal): ``loc``, ``scale``, ``cov_factor``.
     :func:`write_autoguide` writes them into a guide.
     """
-    _check_family(family)
+    family = family_math(family, 0 if q.factor is None else q.factor.shape[-1]).name
     if family == "meanfield":
         if layout is None:
             return {"locs": q.loc, "scales": q.scale}
@@ -978,7 +985,7 @@ def autoguide_values(family: str, q: Gaussian, layout=None) -> dict[str, torch.T
 
 
 @torch.no_grad()
-def write_autoguide(guide, family: str, q: Gaussian, layout=None) -> None:
+def write_autoguide(guide, family: str | FamilyMath, q: QParams, layout=None) -> None:
     """Copy q into an autoguide's parameters in the active Pyro parameter store, in place.
 
     ``guide`` is an ``AutoNormal`` (meanfield; needs ``layout``),
@@ -1004,6 +1011,29 @@ def write_autoguide(guide, family: str, q: Gaussian, layout=None) -> None:
         leaf.copy_(transform_to(constraint).inv(value.to(leaf.dtype)).reshape(leaf.shape))
 
 
+def result_log_density(
+    model, args, kwargs, prototype_trace, *, max_plate_nesting: int, dtype=None
+) -> LogDensity:
+    """The batched flat log density ``u (P, D) -> (P,)`` of a Pyro model in the layout of an
+    autoguide's ``prototype_trace`` (Jacobians included), as the compiled path traces it;
+    inputs are cast to the model's dtype, outputs returned in ``dtype`` (default: the
+    model's)."""
+    from pyrovi.fast.potential import build_potential, layout_from_trace, trace_log_density
+
+    layout = layout_from_trace(prototype_trace)
+    potential = build_potential(model, tuple(args), dict(kwargs or {}), layout, max_plate_nesting)
+    site = next(iter(prototype_trace.iter_stochastic_nodes()))[1]
+    model_dtype = site["value"].dtype
+    u0 = torch.zeros(layout.dim, dtype=model_dtype, device=site["value"].device)
+    batched = torch.vmap(trace_log_density(potential, u0, jacobian=True))
+    out_dtype = dtype or model_dtype
+
+    def log_density(u: torch.Tensor) -> torch.Tensor:
+        return batched(u.to(model_dtype)).to(out_dtype)
+
+    return log_density
+
+
 def model_log_density(model, args=(), kwargs=None, *, max_plate_nesting: int = 1):
     """The batched flat log density of a Pyro model and its layout, ``(fn, layout)``.
 
@@ -1015,15 +1045,14 @@ def model_log_density(model, args=(), kwargs=None, *, max_plate_nesting: int = 1
     import pyro
     from pyro.infer import autoguide
 
-    from pyrovi.fast.potential import build_potential, layout_from_trace, trace_log_density
+    from pyrovi.fast.potential import layout_from_trace
 
     kwargs = dict(kwargs or {})
     guide = autoguide.AutoMultivariateNormal(model)
     with pyro.get_param_store().scope():
         guide(*args, **kwargs)
     layout = layout_from_trace(guide.prototype_trace)
-    potential = build_potential(model, args, kwargs, layout, max_plate_nesting)
-    site = next(iter(guide.prototype_trace.iter_stochastic_nodes()))[1]
-    u0 = torch.zeros(layout.dim, dtype=site["value"].dtype)
-    graph = trace_log_density(potential, u0, jacobian=True)
-    return torch.vmap(graph), layout
+    fn = result_log_density(
+        model, args, kwargs, guide.prototype_trace, max_plate_nesting=max_plate_nesting
+    )
+    return fn, layout

@@ -1,10 +1,22 @@
-"""One run of a VI fit: choose the backend, train, and turn the outcome into a result.
+"""One run of a VI fit: choose the method and backend, train, and turn the outcome into a
+result.
 
-Private to :class:`pyrovi.VI`, which sets it up.  Two backends return the same
-:class:`~pyrovi._steps.Outcome`: Pyro's SVI loop (here, with checkpoints) and the compiled
-path (:mod:`pyrovi.fast`).  What an interruption, a non-finite stop or a failing model
-means for the caller -- warnings, errors carrying the partial result, checkpoints -- is the
-shared run policy of :mod:`pyrovi._run`.
+Private to :class:`pyrovi.VI`, which sets it up.  Where it applies (``method="auto"`` or
+``"dadvi"``), the fit is deterministic ADVI (:mod:`pyrovi.fast.dadvi`) on the compiled
+path's traced log density; otherwise, and with ``method="sgd"``, stochastic-gradient VI on
+one of two backends that return the same :class:`~pyrovi._steps.Outcome`: Pyro's SVI loop
+(here, with checkpoints) and the compiled path (:mod:`pyrovi.fast`).  What an interruption,
+a non-finite stop or a failing model means for the caller -- warnings, errors carrying the
+partial result, checkpoints -- is the shared run policy of :mod:`pyrovi._run`.
+
+DADVI's failures lose nothing: a start where the fixed-draw ELBO is not finite falls back
+(``"auto"``) to stochastic-gradient VI from the same start, which skips or raises as it
+always does (``"dadvi"`` raises the same :class:`~pyrovi.NonFiniteError`); a DADVI fit
+that does not converge, or whose fresh-draw check still fails at its draw cap, is
+warm-started by stochastic-gradient VI from DADVI's answer (``"auto"``) or returned with
+``converged=False`` and a :class:`~pyrovi.ConvergenceWarning` (``"dadvi"``); a fit that
+runs out of ``num_steps`` iterations is returned unconverged with the warning, as the
+stochastic-gradient loop's is.
 """
 
 from __future__ import annotations
@@ -35,10 +47,20 @@ from pyrovi._steps import (
 )
 from pyrovi.checkpoint import Checkpoint, fingerprint
 from pyrovi.errors import ConvergenceWarning, NonFiniteError
+from pyrovi.families import QParams
+from pyrovi.fast import dadvi
 from pyrovi.vi.objective import estimate_elbo, make_elbo
 from pyrovi.vi.result import VIResult
 
-__all__ = ["Fit", "make_optimizer"]
+__all__ = ["Fit", "make_optimizer", "DADVI_FAMILIES", "DADVI_MAX_FULLRANK_DIM"]
+
+#: The families DADVI fits.
+DADVI_FAMILIES = ("meanfield", "lowrank", "fullrank")
+
+#: Above this many unconstrained dimensions ``method="auto"`` fits ``fullrank`` by
+#: stochastic-gradient VI: DADVI's fullrank needs M = 2 D fixed draws and O(D^2) parameters,
+#: so each of its iterations grows as D^3.
+DADVI_MAX_FULLRANK_DIM = 200
 
 
 def make_optimizer(optim, params: list, lr: float) -> torch.optim.Optimizer:
@@ -111,6 +133,7 @@ class Fit:
         final: bool,
         backend: str = "svi",
         num_skipped: int = 0,
+        dadvi_outcome: dadvi.DadviOutcome | None = None,
     ) -> VIResult:
         vi, run = self.vi, self.run
         guide = self.guide
@@ -118,7 +141,13 @@ class Fit:
         saved = snapshot_store()
         elbo = se = float("nan")
         particles = 0
-        if final:
+        num_particles = vi.num_particles
+        if dadvi_outcome is not None:
+            # the fresh-draw check's estimate: mean log p - log q on independent draws
+            elbo, se = dadvi_outcome.elbo_fresh, dadvi_outcome.elbo_fresh_se
+            particles = dadvi_outcome.num_fresh
+            num_particles = dadvi_outcome.num_draws
+        elif final:
             guide, extra = vi.guide_spec.finalize(guide, self.args, self.kwargs)
             params.update(extra)
             est = estimate_elbo(
@@ -153,12 +182,13 @@ class Fit:
             latent_sites=self.info.latent,
             enumerated_sites=self.enumerated,
             vectorized=self.vectorize,
-            num_particles=vi.num_particles,
+            num_particles=num_particles,
             backend=backend,
             notes=tuple(run.notes),
             site_shapes=site_shapes(self.info.trace),
             num_skipped=num_skipped,
             interrupted=run.interrupted,
+            dadvi=dadvi_outcome,
         )
 
     # --------------------------------------------------------------------- training
@@ -176,8 +206,10 @@ class Fit:
             progress=vi.progress,
         )
 
-    def _plan(self, settings: Settings) -> fast.Plan | str:
-        """The compiled path's plan for this fit, or why it cannot take it."""
+    def _plan(self, settings: Settings, *, dadvi: bool = False) -> fast.Plan | str:
+        """The compiled path's plan for this fit, or why it cannot take it.  For DADVI
+        (``dadvi=True``) the log density only: it is traced one point at a time and batched
+        with ``torch.vmap``, so the model need not broadcast over particles."""
         if self.vi.checkpoint is not None or self.resume_from is not None:
             return "checkpoints are written by the SVI path only"
         return fast.plan(  # traces the model: asked only when the answer is not known yet
@@ -190,14 +222,138 @@ class Fit:
             settings=settings,
             optim=self.vi.optim,
             enumerated=self.enumerated,
-            vectorize=self.vectorize,
+            vectorize=True if dadvi else self.vectorize,
+            step=not dadvi,
         )
 
+    # ------------------------------------------------------------------------ DADVI
+    def _dadvi_plan(self, settings: Settings) -> fast.Plan | str:
+        """The traced log density DADVI needs, or why DADVI does not apply to this fit."""
+        vi = self.vi
+        spec = vi.guide_spec
+        if spec.record is None or spec.family not in DADVI_FAMILIES:
+            return (
+                "DADVI fits the meanfield, lowrank and fullrank families, not "
+                f"guide={spec.name!r}"
+            )
+        if vi.optim is not None:
+            return "a custom optimizer (optim=...) was given; DADVI uses its own L-BFGS"
+        if vi.checkpoint is not None or self.resume_from is not None:
+            return "checkpoints are written by the stochastic-gradient loop only"
+        if vi.backend == "svi":
+            return "backend='svi' asks for Pyro's SVI, and DADVI runs on the traced model"
+        plan = self._plan(settings, dadvi=True)
+        if isinstance(plan, str):
+            return plan
+        dim = plan.params.layout.dim
+        if spec.family == "fullrank" and dim > DADVI_MAX_FULLRANK_DIM:
+            return (
+                f"fullrank with {dim} > {DADVI_MAX_FULLRANK_DIM} unconstrained dimensions "
+                "(DADVI would need 2 D fixed draws, each iteration O(D^3))"
+            )
+        return plan
+
+    def _train_dadvi(self, plan: fast.Plan) -> dadvi.DadviOutcome:
+        """DADVI from the guide's initial parameters; its answer is written into the guide.
+
+        Raises ValueError (from :func:`~pyrovi.fast.dadvi.fit_dadvi`) when the fixed-draw
+        ELBO is not finite at the start."""
+        params = plan.params
+        theta0 = params.read()
+        start = QParams(*(None if t is None else t.detach() for t in params.constrained(theta0)))
+        out = dadvi.fit_dadvi(
+            torch.vmap(plan.log_density),
+            params.layout.dim,
+            params.family,
+            init=start,
+            seed=self.run.seed,
+            dtype=theta0.dtype,
+            max_total_iters=self.vi.num_steps,
+            num_fresh=max(self.vi.elbo_particles, 1000),  # the check needs enough draws
+            max_fresh=max(16_000, self.vi.elbo_particles),
+            device=theta0.device,
+        )
+        with torch.no_grad():
+            dadvi.write_autoguide(self.guide, params.family, out.params, params.layout)
+        return out
+
+    @staticmethod
+    def _dadvi_note(out: dadvi.DadviOutcome) -> str:
+        check = "passed" if out.check_passed else "FAILED"
+        return (
+            f"fitted by DADVI with M = {out.num_draws} fixed draws: {out.num_iters} L-BFGS "
+            f"iterations ({'converged' if out.converged else 'not converged'}), fixed-draw "
+            f"ELBO {out.elbo:.4f}; fresh-draw check {check}: {out.elbo_fresh:.4f} +- "
+            f"{out.elbo_fresh_se:.4f} on {out.num_fresh} independent draws"
+        )
+
+    def _dadvi(self, settings: Settings) -> VIResult | None:
+        """The DADVI fit where it applies; None when stochastic-gradient VI is to run
+        instead (the reason, or DADVI's outcome, is in the notes by then)."""
+        vi, run = self.vi, self.run
+        plan = self._dadvi_plan(settings)
+        if isinstance(plan, str):
+            if vi.method == "dadvi":
+                raise ValueError(
+                    f"method='dadvi' cannot fit this model/guide: {plan}. Use method='auto' "
+                    "(falls back to stochastic-gradient VI) or method='sgd'."
+                )
+            run.notes.append(f"DADVI was not used (stochastic-gradient VI instead): {plan}")
+            return None
+        try:
+            out = self._train_dadvi(plan)
+        except KeyboardInterrupt:
+            outcome = Outcome(trace=(), converged=False, interrupted=True)
+            return self._finish(outcome, "dadvi")
+        except Exception as err:  # the guide's parameters are untouched: SGD can start over
+            nonfinite_start = isinstance(err, ValueError) and "not finite at the initial" in str(
+                err
+            )
+            if vi.method == "dadvi" and nonfinite_start:
+                # the fixed draws never change: every step would see the same value
+                raise self._nonfinite_error(
+                    NonFinite(step=0, streak=vi.max_skips + 1, max_skips=vi.max_skips),
+                    Outcome(trace=(), converged=False), "dadvi",
+                ) from err
+            if vi.method == "dadvi":
+                raise
+            what = "could not start" if nonfinite_start else f"failed ({type(err).__name__})"
+            run.notes.append(
+                f"DADVI {what}: {err}; stochastic-gradient VI was run from the same start"
+            )
+            return None
+        note = self._dadvi_note(out)
+        if out.ok or out.budget_exhausted or vi.method == "dadvi":
+            run.notes.append(note)
+            run.notes.extend(out.notes)
+            outcome = Outcome(trace=out.trace, converged=out.ok)
+            if not out.ok and not out.budget_exhausted:
+                warn(
+                    "DADVI did not reach a verified optimum: " + "; ".join(out.notes)
+                    + ". The result is DADVI's last point (converged=False); method='auto' "
+                    "would continue with stochastic-gradient VI from it.",
+                    ConvergenceWarning,
+                )
+                return self._result(
+                    outcome.trace, False, final=True, backend="dadvi", dadvi_outcome=out
+                )
+            return self._finish(outcome, "dadvi", dadvi_outcome=out)
+        run.notes.append(
+            f"DADVI did not reach a verified optimum ({note}; " + "; ".join(out.notes)
+            + "); stochastic-gradient VI continued from DADVI's answer (warm start)"
+        )
+        return None
+
     def train(self) -> VIResult:
-        """Train with the compiled path where it applies, else with Pyro's SVI; warn if
-        the budget ran out; return the final result."""
+        """DADVI where it applies (``method`` "auto" or "dadvi"); else stochastic-gradient
+        VI on the compiled path where it applies, else on Pyro's SVI; warn if the budget
+        ran out; return the final result."""
         vi = self.vi
         settings = self.settings()
+        if vi.method != "sgd":
+            result = self._dadvi(settings)
+            if result is not None:
+                return result
         plan = self._plan(settings) if vi.backend != "svi" else None
         if isinstance(plan, str):
             if vi.backend == "compiled":
@@ -213,7 +369,9 @@ class Fit:
             backend, outcome = "svi", self._train_svi(settings)
         return self._finish(outcome, backend)
 
-    def _finish(self, outcome: Outcome, backend: str) -> VIResult:
+    def _finish(
+        self, outcome: Outcome, backend: str, dadvi_outcome: dadvi.DadviOutcome | None = None
+    ) -> VIResult:
         """Apply the run policy to how training ended: the result, a warning or an error."""
         run, steps = self.run, len(outcome.trace)
         if outcome.interrupted:
@@ -226,6 +384,12 @@ class Fit:
             warn_interrupted(
                 run, f"VI was interrupted after {steps} steps; returning the result so far"
             )
+        elif not outcome.converged and backend == "dadvi":
+            warn(
+                f"DADVI stopped at num_steps={self.vi.num_steps} optimizer iterations before "
+                "it converged. Raise num_steps.",
+                ConvergenceWarning,
+            )
         elif not outcome.converged:
             vi = self.vi
             warn(
@@ -235,7 +399,7 @@ class Fit:
             )
         return self._result(
             outcome.trace, outcome.converged, final=True, backend=backend,
-            num_skipped=outcome.num_skipped,
+            num_skipped=outcome.num_skipped, dadvi_outcome=dadvi_outcome,
         )
 
     def _nonfinite_error(self, bad: NonFinite, outcome: Outcome, backend: str) -> NonFiniteError:

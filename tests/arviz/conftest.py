@@ -46,11 +46,13 @@ def nested(x):
 
 
 def fit(model, family, *args, num_steps=200, **kwargs):
+    # method="sgd": these fixtures check the export of a stochastic-gradient fit that ran its
+    # whole step budget (num_steps == 200); the default would fit by DADVI in fewer steps
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return pyrovi.VI(model, family, seed=0, progress=False, num_steps=num_steps).run(
-            *args, **kwargs
-        )
+        return pyrovi.VI(
+            model, family, seed=0, progress=False, num_steps=num_steps, method="sgd"
+        ).run(*args, **kwargs)
 
 
 @pytest.fixture(scope="session")

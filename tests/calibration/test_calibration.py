@@ -224,7 +224,7 @@ def test_same_seed_same_result_and_caller_rng_untouched():
 def test_unconverged_fits_warn_once_and_are_recorded():
     with pytest.warns(ConvergenceWarning, match=r"2 of 2 calibration fits .* num_steps"):
         r = calibrate(normal_normal, Y, guide="meanfield", num_simulations=2, num_draws=10,
-                      seed=0, progress=False, fit_kwargs={"num_steps": 5})
+                      seed=0, progress=False, fit_kwargs={"num_steps": 5, "method": "sgd"})
     assert r.converged.tolist() == [False, False]
 
 

@@ -52,7 +52,11 @@ def exact(data):
 
 @pytest.fixture(scope="session")
 def fullrank():
-    return fit("fullrank")
+    # method="sgd": the suite's checks (e.g. test_accuracy's error bounds against a
+    # 5,000-draw estimate of q's mean) assume a fit with a visible KL; DADVI's fullrank fit
+    # of this linear-Gaussian model is exact to 1e-9, its bounds ~3e-6, below the draws' own
+    # Monte Carlo error
+    return fit("fullrank", method="sgd")
 
 
 @pytest.fixture(scope="session")

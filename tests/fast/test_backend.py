@@ -20,8 +20,13 @@ def _run(model, *args, guide="meanfield", backend="auto", **kwargs):
 
 
 def test_auto_picks_compiled():
-    result = _run(linear_regression, *data("linear_regression"))
+    result = _run(linear_regression, *data("linear_regression"), method="sgd")
     assert result.backend == "compiled"
+
+
+def test_auto_method_picks_dadvi():
+    result = _run(linear_regression, *data("linear_regression"), method="auto")
+    assert result.backend == "dadvi"
 
 
 def test_same_seed_same_result():

@@ -12,15 +12,13 @@ from pyro.infer import Trace_ELBO, autoguide
 
 import pyrovi
 from pyrovi import datasets, models
-from pyrovi.fast import families
+from pyrovi.families import FullRank, LowRank, MeanField, QParams
 from pyrovi.fast.dadvi import (
     FAMILIES,
     Gaussian,
     autoguide_values,
-    covariance,
-    draw,
     elbo_fresh,
-    entropy,
+    family_math,
     fit_dadvi,
     fixed_draws,
     linear_response_covariance,
@@ -33,6 +31,18 @@ from pyrovi.fast.dadvi import (
 from tests.fast.models import data, logistic_regression
 
 F64 = torch.float64
+
+
+def covariance(family, q):
+    return family_math(family, 0 if q.factor is None else q.factor.shape[-1]).covariance(q)
+
+
+def draw(family, q, eps):
+    return family_math(family, 0 if q.factor is None else q.factor.shape[-1]).draw(q, eps)
+
+
+def entropy(family, q):
+    return family_math(family, 0 if q.factor is None else q.factor.shape[-1]).entropy(q)
 
 
 def _gaussian_target(dim=5, seed=1):
@@ -49,19 +59,27 @@ def _gaussian_target(dim=5, seed=1):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_pack_unpack_draw_entropy_match_pyrovi_families(family):
+def test_pack_unpack_round_trip_into_the_family_math(family):
+    """DADVI's coordinates map to the family records' QParams (one type, one math)."""
     dim, rank = 4, 2
     g = torch.Generator().manual_seed(0)
     theta = torch.randn(num_params(family, dim, rank), generator=g, dtype=F64)
     q = unpack(family, theta, dim, rank)
+    assert Gaussian is QParams and isinstance(q, QParams)
     torch.testing.assert_close(pack(family, q), theta)
+    fam = family_math(family, rank)
+    assert isinstance(fam, {"meanfield": MeanField, "fullrank": FullRank,
+                            "lowrank": LowRank}[family])
+    assert family_math(fam) is fam and fam.rank == (rank if family == "lowrank" else 0)
     if family == "fullrank":
         torch.testing.assert_close(q.factor.diagonal(), torch.ones(dim, dtype=F64))
-    eps = torch.randn(7, dim + (rank if family == "lowrank" else 0), generator=g, dtype=F64)
-    qp = families.QParams(q.loc, q.scale, q.factor)
-    torch.testing.assert_close(draw(family, q, eps), families.draw(family, qp, eps))
-    torch.testing.assert_close(entropy(family, q), families.entropy(family, qp))
-    torch.testing.assert_close(covariance(family, q), families.covariance(family, qp))
+    # theta's own meaning: loc, then the log scale (log diag C for fullrank, C = diag(s) L)
+    torch.testing.assert_close(q.loc, theta[:dim])
+    torch.testing.assert_close(q.scale.log(), theta[dim : 2 * dim])
+    eps = torch.randn(7, fam.noise_dim(dim), generator=g, dtype=F64)
+    rows = fam.draw(q, torch.eye(fam.noise_dim(dim), dtype=F64)) - q.loc
+    torch.testing.assert_close(rows.T @ rows, fam.covariance(q))
+    assert fam.draw(q, eps).shape == (7, dim)
 
 
 def test_moment_matched_draws_have_exact_first_two_moments():
@@ -237,7 +255,7 @@ def test_elbo_fresh_common_draws():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_log_q_is_the_gaussian_log_density(family):
-    from pyrovi.fast.dadvi import _log_q, _unpack
+    from pyrovi.fast.dadvi import _log_q
 
     dim, rank = 4, 2
     g = torch.Generator().manual_seed(2)
@@ -246,8 +264,8 @@ def test_log_q_is_the_gaussian_log_density(family):
     eps = torch.randn(5, dim + (rank if family == "lowrank" else 0), generator=g, dtype=F64)
     u = draw(family, q, eps)
     mvn = torch.distributions.MultivariateNormal(q.loc, covariance(family, q))
-    p = _unpack(family, theta, dim, rank if family == "lowrank" else 0)
-    torch.testing.assert_close(_log_q(family, p, u, eps), mvn.log_prob(u))
+    fam = family_math(family, rank if family == "lowrank" else 0)
+    torch.testing.assert_close(_log_q(fam, q, u, eps), mvn.log_prob(u))
 
 
 def test_non_finite_regions_make_the_line_search_step_back():
@@ -268,3 +286,14 @@ def test_non_finite_regions_make_the_line_search_step_back():
 def test_a_non_finite_start_is_refused():
     with pytest.raises(ValueError, match="not finite at the initial q"):
         fit_dadvi(lambda u: torch.full(u.shape[:1], math.nan, dtype=u.dtype), 2, "meanfield")
+
+
+def test_trace_has_one_value_per_iteration_and_the_budget_caps_them():
+    log_density, mean, precision = _gaussian_target()
+    out = fit_dadvi(log_density, 5, "fullrank", num_fresh=200)
+    assert len(out.trace) == out.num_iters > 0 and not out.budget_exhausted
+    assert out.trace[-1] == pytest.approx(out.elbo)
+    capped = fit_dadvi(log_density, 5, "fullrank", num_fresh=200, max_total_iters=3)
+    assert capped.num_iters == len(capped.trace) == 3
+    assert capped.budget_exhausted and not capped.converged
+    assert any("max_total_iters" in n for n in capped.notes)

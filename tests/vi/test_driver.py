@@ -103,7 +103,7 @@ def test_non_finite_elbo_stops_with_the_step_site_and_partial_result():
 def test_budget_exhausted_warns_naming_the_knobs():
     y = models.normal_normal_data()
     with pytest.warns(ConvergenceWarning, match=r"num_steps=50.*lr.*tol"):
-        result = pyrovi.VI(models.normal_normal, num_steps=50, progress=False).run(y)
+        result = pyrovi.VI(models.normal_normal, num_steps=50, progress=False, method="sgd").run(y)
     assert not result.converged
     assert result.num_steps == 50
 

@@ -14,7 +14,8 @@ from pyrovi.errors import FitError, InterruptedFitWarning, ModelError, ModelWarn
 from tests.vi import models
 
 pytestmark = pytest.mark.filterwarnings("ignore::pyrovi.errors.ConvergenceWarning")
-FAST = dict(progress=False, num_steps=200, elbo_particles=100, seed=0, backend="svi")
+FAST = dict(progress=False, num_steps=200, elbo_particles=100, seed=0, backend="svi",
+            method="sgd")
 # before step 0 the model runs to inspect it, to set up the autoguide's prototype and to
 # check that it broadcasts over particles
 CALLS_BEFORE_TRAINING = 3
