@@ -370,6 +370,10 @@ class Family:
     map_trained : bool
         Whether training maximizes the log joint at a point (the trace holds log p(x, z) at
         the MAP, not an ELBO).
+    dadvi : bool
+        Whether deterministic ADVI (:mod:`pyrovi.fast.dadvi`) fits the family.
+    dense_covariance : bool
+        Whether q's covariance is a dense D x D matrix (its fit costs O(D^3) per step).
     gaussian : bool
         Whether the fitted q is a Gaussian in the unconstrained space (so its marginals
         satisfy Talagrand's inequality; see :mod:`pyrovi.diagnostics.accuracy`).
@@ -390,6 +394,8 @@ class Family:
     has_density: bool = True
     map_trained: bool = False
     gaussian: bool = True
+    dadvi: bool = False
+    dense_covariance: bool = False
     math: type | None = None
     not_compiled: str = ""
     finalizer: Callable = _identity_finalize
@@ -442,12 +448,15 @@ def _registry(*families: Family) -> Mapping[str, Family]:
 
 #: Every family, by name, in the order of the documentation.
 REGISTRY: Mapping[str, Family] = _registry(
-    Family("meanfield", "mean-field", autoguide.AutoNormal, math=MeanField),
+    Family("meanfield", "mean-field", autoguide.AutoNormal, dadvi=True, math=MeanField),
     Family(
         "lowrank", "low-rank", autoguide.AutoLowRankMultivariateNormal, takes_rank=True,
-        math=LowRank,
+        dadvi=True, math=LowRank,
     ),
-    Family("fullrank", "full-rank", autoguide.AutoMultivariateNormal, math=FullRank),
+    Family(
+        "fullrank", "full-rank", autoguide.AutoMultivariateNormal, dadvi=True,
+        dense_covariance=True, math=FullRank,
+    ),
     Family(
         "delta", "point-mass (MAP)", autoguide.AutoDelta, init_scale=None, has_density=False,
         map_trained=True, gaussian=False, math=Delta,

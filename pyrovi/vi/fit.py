@@ -47,7 +47,7 @@ from pyrovi._steps import (
 )
 from pyrovi.checkpoint import Checkpoint, fingerprint
 from pyrovi.errors import ConvergenceWarning, NonFiniteError
-from pyrovi.families import QParams
+from pyrovi.families import REGISTRY, QParams
 from pyrovi.fast import dadvi
 from pyrovi.vi.objective import estimate_elbo, make_elbo
 from pyrovi.vi.result import VIResult
@@ -55,7 +55,7 @@ from pyrovi.vi.result import VIResult
 __all__ = ["Fit", "make_optimizer", "DADVI_FAMILIES", "DADVI_MAX_FULLRANK_DIM"]
 
 #: The families DADVI fits.
-DADVI_FAMILIES = ("meanfield", "lowrank", "fullrank")
+DADVI_FAMILIES = tuple(name for name, family in REGISTRY.items() if family.dadvi)
 
 #: Above this many unconstrained dimensions ``method="auto"`` fits ``fullrank`` by
 #: stochastic-gradient VI: DADVI's fullrank needs M = 2 D fixed draws and O(D^2) parameters,
@@ -231,7 +231,7 @@ class Fit:
         """The traced log density DADVI needs, or why DADVI does not apply to this fit."""
         vi = self.vi
         spec = vi.guide_spec
-        if spec.record is None or spec.family not in DADVI_FAMILIES:
+        if spec.record is None or not spec.record.dadvi:
             return (
                 "DADVI fits the meanfield, lowrank and fullrank families, not "
                 f"guide={spec.name!r}"
@@ -246,9 +246,9 @@ class Fit:
         if isinstance(plan, str):
             return plan
         dim = plan.params.layout.dim
-        if spec.family == "fullrank" and dim > DADVI_MAX_FULLRANK_DIM:
+        if spec.record.dense_covariance and dim > DADVI_MAX_FULLRANK_DIM:
             return (
-                f"fullrank with {dim} > {DADVI_MAX_FULLRANK_DIM} unconstrained dimensions "
+                f"{spec.name} with {dim} > {DADVI_MAX_FULLRANK_DIM} unconstrained dimensions "
                 "(DADVI would need 2 D fixed draws, each iteration O(D^3))"
             )
         return plan

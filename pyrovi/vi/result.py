@@ -23,6 +23,7 @@ from pyrovi._draws import (
 from pyrovi._plates import vectorize_else_loop
 from pyrovi._result import FitResult
 from pyrovi._runtime import check_positive
+from pyrovi.families import lookup
 
 __all__ = ["VIResult"]
 
@@ -148,14 +149,21 @@ class VIResult(FitResult):
 
     @property
     def has_density(self) -> bool:
-        """False for a point mass (the ``delta`` family or an ``AutoDelta`` guide)."""
-        return not (self.family == "delta" or isinstance(self.guide, AutoDelta))
+        """False for a point mass: the family record says so (``delta``), or the user's
+        guide is an ``AutoDelta``."""
+        record = lookup(self.family)
+        if record is not None:
+            return record.has_density
+        return not isinstance(self.guide, AutoDelta)
 
     @property
     def map_trained(self) -> bool:
-        """True for the families trained on log p(x, z) at a point: ``delta`` (and an
-        ``AutoDelta`` guide) and ``laplace``."""
-        return not self.has_density or self.family == "laplace"
+        """True for the families trained on log p(x, z) at a point (the record's
+        ``map_trained``: ``delta``, ``laplace``), and a user's ``AutoDelta``."""
+        record = lookup(self.family)
+        if record is not None:
+            return record.map_trained
+        return not self.has_density
 
     @property
     def guide_sites(self) -> tuple:
