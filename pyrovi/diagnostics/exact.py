@@ -96,10 +96,9 @@ def exact_log_evidence(
         Naming the site that makes the evidence intractable (and suggesting ``"ais"``).
     """
     kwargs = dict(kwargs or {})
-    # the prototype trace draws from the prior: in a forked, seeded RNG, so the caller's
-    # random state is untouched and the answer does not depend on it
+    # the prototype trace draws from the prior: in a forked RNG, so the caller's random
+    # state is untouched
     with torch.random.fork_rng():
-        torch.manual_seed(0)
         info = inspect_model(model, args, kwargs)
         return _exact_log_evidence(model, args, kwargs, info)
 
