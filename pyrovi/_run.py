@@ -3,7 +3,8 @@ policy for checkpoints, Ctrl-C and failures, written once.
 
 The policy
 ----------
-* **Checkpoints** are written atomically (:func:`pyrovi.checkpoint.save_checkpoint`); a
+* **Checkpoints** are written atomically (:func:`pyrovi.checkpoint.save_checkpoint`), with
+  the random state of the completed steps (:meth:`RunState.mark_rng`); a
   write that fails (a full disk) warns with :class:`~pyrovi.errors.CheckpointWarning` and
   the fit goes on, the previous checkpoint intact (:func:`write_checkpoint`).
 * **Ctrl-C** stops the training loop; a checkpoint is written when the fit has a path, and
@@ -83,10 +84,23 @@ class RunState:
     notes: list = dataclasses.field(default_factory=list)
     interrupted: bool = False
     saved_on_interrupt: bool = False
+    rng_mark: tuple | None = None
 
     def wall_time(self) -> float:
         """Seconds since the run began."""
         return time.perf_counter() - self.start
+
+    def mark_rng(self) -> None:
+        """Record torch's random state as that of the completed steps.
+
+        Call it before the first step and after each completed step: a checkpoint then
+        stores this state, not the one after an interrupted step already drew its
+        particles, so a resumed fit draws exactly what an uninterrupted one would have.
+        """
+        cuda = None
+        if self.device.type == "cuda":
+            cuda = torch.cuda.get_rng_state(self.device)
+        self.rng_mark = (torch.get_rng_state(), cuda)
 
 
 def write_checkpoint(run: RunState, make: Callable[[], Checkpoint], *, at: str) -> bool:
@@ -109,7 +123,14 @@ def write_checkpoint(run: RunState, make: Callable[[], Checkpoint], *, at: str) 
     if run.checkpoint is None:
         return False
     try:
-        save_checkpoint(run.checkpoint, make())
+        checkpoint = make()
+        if run.rng_mark is not None:  # the state of the completed steps (see mark_rng)
+            cpu, cuda = run.rng_mark
+            checkpoint = dataclasses.replace(
+                checkpoint, rng_state=cpu,
+                cuda_rng_state=cuda if checkpoint.cuda_rng_state is not None else None,
+            )
+        save_checkpoint(run.checkpoint, checkpoint)
     except Exception as err:
         warn(
             f"could not write checkpoint {run.checkpoint!r} at {at} ({type(err).__name__}: "
@@ -151,9 +172,10 @@ def keep_result(
     """Make a failure in the block keep what was done.
 
     A :class:`~pyrovi.errors.FitError` (a :class:`~pyrovi.errors.NonFiniteError`, say)
-    without a result gets ``partial()``; another :class:`~pyrovi.errors.PyroviError` passes
-    unchanged; any other exception becomes a ``FitError`` naming the step, with
-    ``partial()`` as its result, after a checkpoint is written.
+    without a result gets ``partial()``; another :class:`~pyrovi.errors.PyroviError` keeps
+    its class and message and gets ``step`` and ``result`` attributes; any other exception
+    becomes a ``FitError`` naming the step, with ``partial()`` as its result, after a
+    checkpoint is written.
 
     Parameters
     ----------
@@ -176,7 +198,9 @@ def keep_result(
         if err.result is not None:
             raise
         raise with_result(err, partial()) from err
-    except PyroviError:
+    except PyroviError as err:  # its own class and message, with the result attached
+        if getattr(err, "result", None) is None:
+            err.step, err.result = done(), partial()
         raise
     except Exception as err:
         n = done()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -48,7 +49,161 @@ def resolve_seed(seed: int | None) -> int:
         return int(torch.randint(0, 2**31 - 1, ()).item())
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
+    if not 0 <= seed < MAX_SEED:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
     return int(seed)
+
+
+#: Seeds are ints in ``[0, MAX_SEED)`` (what torch's generators take without overflow).
+MAX_SEED = 2**63
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Refuse anything but ``True`` or ``False`` (a string such as ``"no"`` is truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_device(device: Any) -> None:
+    """Refuse, before any work, a device pyrovi cannot fit on (naming the argument)."""
+    if device is None:
+        return
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(
+            f"device must be a str such as 'cpu' or 'cuda', a torch.device or None, "
+            f"got {type(device).__name__}"
+        )
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"device={device!r} is not a device torch knows ({err}); pass 'cpu', 'cuda' "
+            "or 'cuda:N'"
+        ) from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"device={str(device)!r}: pyrovi fits on 'cpu' or 'cuda' only, not on "
+            f"{dev.type!r}; pass device='cpu' or device='cuda'"
+        )
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={str(device)!r} was requested but CUDA is not available on this "
+                "machine; pass device='cpu' or device=None"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s)"
+            )
+
+
+def check_optim(optim: Any, lr: float) -> None:
+    """Refuse, before any work, an ``optim`` argument that does not give a torch optimizer:
+    a callable is called once on a throw-away parameter to see what it returns."""
+    import pyro.optim
+
+    expected = (
+        "optim must be None (Adam), a torch.optim.Optimizer subclass such as "
+        "torch.optim.Adam, a pyro.optim optimizer such as pyro.optim.Adam({'lr': 0.01}), "
+        "or a callable params -> torch.optim.Optimizer"
+    )
+    if optim is None:
+        return
+    if inspect.isclass(optim):
+        if not issubclass(optim, torch.optim.Optimizer):
+            raise TypeError(f"{expected}; got the class {optim.__qualname__}")
+        return
+    if isinstance(optim, pyro.optim.PyroOptim):
+        ctor = optim.pt_optim_constructor
+        if not (inspect.isclass(ctor) and issubclass(ctor, torch.optim.Optimizer)):
+            raise TypeError(f"{expected}; got a pyro.optim optimizer around {ctor!r}")
+        return
+    if not callable(optim):
+        raise TypeError(f"{expected}; got {optim!r}")
+    probe = torch.zeros(1, requires_grad=True)
+    try:
+        made = optim([probe])
+    except Exception as err:
+        raise TypeError(
+            f"{expected}; calling optim([param]) raised {type(err).__name__}: {err}"
+        ) from err
+    if not isinstance(made, torch.optim.Optimizer):
+        raise TypeError(
+            f"{expected}; optim([param]) returned {type(made).__name__} {made!r}, not a "
+            "torch.optim.Optimizer"
+        )
+
+
+def traced_model(model, args: tuple, kwargs: Mapping):
+    """:func:`pyrovi._model.inspect_model`, except that a model that fails on a
+    ``pyro.param`` whose initial value became NaN (outside its constraint), or on an
+    argument with zero elements (a division by the number of rows, say), is refused with a
+    ``ModelError`` naming that parameter or argument instead of the raw error."""
+    from pyrovi._model import inspect_model
+    from pyrovi.errors import ModelError
+
+    try:
+        return inspect_model(model, args, kwargs)
+    except Exception as err:
+        store = pyro.get_param_store()
+        for name in list(store.keys()):
+            value = store[name]
+            if not bool(torch.isfinite(value.detach()).all()):
+                raise ModelError(
+                    f"pyro.param {name!r} has an initial value that is not finite or lies "
+                    f"outside its constraint ({store._constraints.get(name)}); Pyro turned "
+                    f"it into NaN and the model failed ({type(err).__name__}). Pass an "
+                    "initial value inside the constraint", site=name
+                ) from err
+        named = [(f"argument {i}", v) for i, v in enumerate(args)] + [
+            (f"argument {k!r}", v) for k, v in kwargs.items()]
+        for label, value in named:
+            if isinstance(value, torch.Tensor) and value.numel() == 0:
+                raise ModelError(
+                    f"the model failed ({type(err).__name__}: {err}) on {label}, which holds "
+                    f"no values (shape {tuple(value.shape)}); pass non-empty data"
+                ) from err
+        raise
+
+
+def check_trace_values(trace, owner: str = "model") -> None:
+    """Refuse, naming it, an observed site with zero elements and a ``pyro.param`` whose
+    initial value is not finite or outside its constraint (Pyro maps a value outside the
+    constraint to NaN without a word)."""
+    from pyrovi.errors import ModelError
+
+    for name, site in trace.nodes.items():
+        value = site.get("value")
+        if not isinstance(value, torch.Tensor):
+            continue
+        fn = site.get("fn")
+        event = tuple(getattr(fn, "event_shape", ()))
+        is_factor = bool(event) and event[-1] == 0  # pyro.factor: a Unit site of no values
+        if (site["type"] == "sample" and site.get("is_observed") and value.numel() == 0
+                and not is_factor):
+            raise ModelError(
+                f"observed site {name!r} of the {owner} holds no values (shape "
+                f"{tuple(value.shape)}); pass non-empty data", site=name
+            )
+        if site["type"] != "param":
+            continue
+        store = pyro.get_param_store()
+        unconstrained = store[name].unconstrained() if name in store else value
+        bad = not bool(torch.isfinite(value.detach()).all()) or not bool(
+            torch.isfinite(unconstrained.detach()).all()
+        )
+        constraint = store._constraints.get(name) if name in store else None
+        if not bad and constraint is not None and value.is_floating_point():
+            with contextlib.suppress(Exception):
+                bad = not bool(constraint.check(value.detach()).all())
+        if bad:
+            raise ModelError(
+                f"pyro.param {name!r} has an initial value that is not finite or lies "
+                f"outside its constraint ({constraint}); Pyro would turn it into NaN. Pass "
+                "an initial value inside the constraint", site=name
+            )
 
 
 @contextlib.contextmanager
@@ -69,18 +224,8 @@ def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
 def resolve_device(device: str | torch.device | None, args: tuple, kwargs: Mapping) -> torch.device:
     """The device a fit runs on: ``device`` if given, else that of the first tensor argument."""
     if device is not None:
-        if not isinstance(device, (str, torch.device)):
-            raise TypeError(
-                f"device must be a str such as 'cpu' or 'cuda', a torch.device or None, "
-                f"got {type(device).__name__}"
-            )
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                f"device={str(device)!r} was requested but CUDA is not available on this "
-                "machine; pass device='cpu' or device=None"
-            )
-        return dev
+        check_device(device)
+        return torch.device(device)
     for value in list(args) + list(kwargs.values()):
         if isinstance(value, torch.Tensor):
             return value.device
@@ -157,8 +302,12 @@ def renamed_keyword(owner: str, old: str, old_value: Any, new: str, new_value: A
     return old_value
 
 
-def check_positive(name: str, value: Any, *, integer: bool = False, allow_none: bool = False):
-    """Refuse a non-positive (or wrongly typed) numeric argument, naming it."""
+def check_positive(
+    name: str, value: Any, *, integer: bool = False, allow_none: bool = False,
+    finite: bool = True,
+):
+    """Refuse a non-positive, non-finite (unless ``finite=False``) or wrongly typed numeric
+    argument, naming it."""
     if value is None and allow_none:
         return value
     kind = "a positive int" if integer else "a positive number"
@@ -167,4 +316,6 @@ def check_positive(name: str, value: Any, *, integer: bool = False, allow_none: 
         raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
     if not value > 0 or value != value:
         raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{name} must be {kind}, got {value!r}; it must be finite")
     return value

@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import torch
 
+from pyrovi._files import atomic_path, atomic_write, check_inside
+
 __all__ = ["run_demo", "DemoCase"]
 
 
@@ -154,6 +156,8 @@ def _prepare_out(out: str | None, force: bool) -> str:
     if not os.access(out, os.W_OK):
         raise SystemExit(f"pyrovi demo: cannot write to --out {out!r}; pass a writable folder")
     existing = [f for f in os.listdir(out) if not f.startswith(".")]
+    for name in sorted(existing):  # before any work: --force never writes through a link
+        _target(out, name)
     if existing and not force:
         raise SystemExit(
             f"pyrovi demo: --out {out!r} already holds {len(existing)} file(s) (e.g. "
@@ -161,6 +165,23 @@ def _prepare_out(out: str | None, force: bool) -> str:
             "another folder"
         )
     return out
+
+
+def _target(out: str, name: str) -> str:
+    """The path of the demo's file ``name`` in ``out``, refused (SystemExit) when it is a
+    symbolic link that leads out of ``out``.  Every file is then written through
+    :mod:`pyrovi._files` (a fresh temporary file renamed over the target), so a link inside
+    ``out`` is replaced, never written through."""
+    path = os.path.join(out, name)
+    try:
+        return check_inside(path, out)
+    except PermissionError as err:
+        raise SystemExit(f"pyrovi demo: {err}") from None
+
+
+def _save_figure(figure, path: str) -> None:
+    atomic_write(path, lambda fh: figure.savefig(fh, format="png", dpi=150,
+                                                 bbox_inches="tight"))
 
 
 def _verdict(name: str, results: dict, table) -> str:
@@ -223,17 +244,17 @@ def _run_case(case: DemoCase, out: str, *, quick: bool, seed: int, device) -> li
         )
         fname = f"{case.name}_{label.split(' ')[0].replace(':', '')}.nc"
         idata = result.to_arviz(200 if quick else 500, seed=seed, diagnostics=diags[label])
-        pyrovi.save_netcdf(idata, os.path.join(out, fname))
+        with atomic_path(_target(out, fname)) as tmp:
+            pyrovi.save_netcdf(idata, tmp)
     table = pyrovi.compare(results, diagnostics=diags)
     print(table, flush=True)
     verdict = _verdict(case.name, results, table)
     print(f"  verdict: {verdict}  ({time.perf_counter() - t0:.1f} s)\n", flush=True)
     ax = pyrovi.plot_elbo(results, log_evidence=evidence, diagnostics=table)
-    ax.figure.savefig(os.path.join(out, f"{case.name}_elbo.png"), dpi=150,
-                      bbox_inches="tight")
+    _save_figure(ax.figure, _target(out, f"{case.name}_elbo.png"))
     plt.close(ax.figure)
     ax = pyrovi.plot_gap(table)
-    ax.figure.savefig(os.path.join(out, f"{case.name}_gap.png"), dpi=150, bbox_inches="tight")
+    _save_figure(ax.figure, _target(out, f"{case.name}_gap.png"))
     plt.close(ax.figure)
     return [
         f"## {case.title}", "", "```", str(table), "```", "", f"**Verdict:** {verdict}", "",
@@ -260,8 +281,8 @@ def run_demo(
         for i, case in enumerate(CASES, 1):
             print(f"[{i}/{len(CASES)}] {case.title} ...", flush=True)
             report += _run_case(case, out, quick=quick, seed=seed, device=device)
-            with open(os.path.join(out, "report.md"), "w") as fh:
-                fh.write("\n".join(report))
+            text = "\n".join(report).encode()
+            atomic_write(_target(out, "report.md"), lambda fh, text=text: fh.write(text))
     except KeyboardInterrupt:
         print(f"interrupted: the fits finished so far are in {out}", file=sys.stderr)
         return 130

@@ -96,7 +96,16 @@ def exact_log_evidence(
         Naming the site that makes the evidence intractable (and suggesting ``"ais"``).
     """
     kwargs = dict(kwargs or {})
-    info = inspect_model(model, args, kwargs)
+    # the prototype trace draws from the prior: in a forked RNG, so the caller's random
+    # state is untouched
+    with torch.random.fork_rng():
+        info = inspect_model(model, args, kwargs)
+        return _exact_log_evidence(model, args, kwargs, info)
+
+
+def _exact_log_evidence(
+    model: Callable, args: tuple, kwargs: dict, info: ModelInfo
+) -> Estimate:
     if info.infinite_discrete:
         name = info.infinite_discrete[0]
         raise _refuse(name, "is discrete with infinite support "

@@ -33,7 +33,11 @@ from pyrovi._run import (
     write_checkpoint,
 )
 from pyrovi._runtime import (
+    MAX_SEED,
+    check_bool,
+    check_device,
     check_positive,
+    check_trace_values,
     fit_context,
     move_to_device,
     renamed_keyword,
@@ -41,9 +45,18 @@ from pyrovi._runtime import (
     resolve_seed,
     snapshot_store,
     store_params,
+    traced_model,
     warn,
 )
-from pyrovi.checkpoint import Checkpoint, check_checkpoint_path, check_compatible, fingerprint
+from pyrovi.checkpoint import (
+    DATA_KEY,
+    Checkpoint,
+    check_checkpoint_path,
+    check_compatible,
+    data_hash,
+    fingerprint,
+    register_storable,
+)
 from pyrovi.em.closed_form import ClosedFormModel
 from pyrovi.em.engines import (
     ClosedFormEngine,
@@ -54,10 +67,14 @@ from pyrovi.em.engines import (
 )
 from pyrovi.em.estep import latent_kind
 from pyrovi.em.mstep import LBFGSMStep
+from pyrovi.em.posterior import DiscretePosterior, GaussianPosterior
 from pyrovi.em.result import EMResult
 from pyrovi.errors import ConvergenceWarning, ModelError, NonFiniteError
 
 __all__ = ["EM"]
+
+# what an EM checkpoint stores besides tensors and plain data (see pyrovi.checkpoint)
+register_storable(ClosedFormModel, LBFGSMStep, DiscretePosterior, GaussianPosterior)
 
 _M_STEPS = ("auto", "generic", "closed_form")
 
@@ -133,6 +150,9 @@ class EM:
         picklable (a ready model, or a top-level function).
     checkpoint_every : int
         Iterations between checkpoints (default 10).
+    overwrite : bool
+        Let ``checkpoint=`` replace an existing file that is not a checkpoint of this model
+        (default False: such a file is refused before any work).
 
     Examples
     --------
@@ -154,6 +174,7 @@ class EM:
         lbfgs: LBFGSMStep | None = None,
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int = 10,
+        overwrite: bool = False,
         num_iters: int | None = None,
         n_init: int | None = None,
     ):
@@ -164,9 +185,11 @@ class EM:
         if not callable(model):
             raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
         check_positive("num_steps", num_steps, integer=True)
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (
+            0 <= tol < math.inf
+        ):
             raise ValueError(
-                f"tol must be a non-negative number (change of the log evidence per "
+                f"tol must be a finite non-negative number (change of the log evidence per "
                 f"observation), got {tol!r}"
             )
         check_positive("num_inits", num_inits, integer=True)
@@ -180,17 +203,28 @@ class EM:
             )
         if seed is not None:
             resolve_seed(seed)
+            if seed + num_inits > MAX_SEED:
+                raise ValueError(
+                    f"seed must leave room for num_inits={num_inits} restarts (seed + i < "
+                    f"2**63), got {seed!r}"
+                )
+        check_bool("progress", progress)
+        check_device(device)
+        if lbfgs is not None and not isinstance(lbfgs, LBFGSMStep):
+            raise TypeError(f"lbfgs must be an LBFGSMStep or None, got {type(lbfgs).__name__}")
         self.model = model
         self.num_steps = num_steps
         self.tol = float(tol)
         self.num_inits = num_inits
         self.m_step = m_step
         self.seed = seed
-        self.progress = bool(progress)
+        self.progress = progress
         self.device = device
         self.lbfgs = lbfgs or LBFGSMStep()
         self.checkpoint_every = check_positive("checkpoint_every", checkpoint_every, integer=True)
-        self.checkpoint = check_checkpoint_path(checkpoint, model)
+        self.checkpoint = check_checkpoint_path(
+            checkpoint, model, overwrite=overwrite, config=self.config
+        )
         self._resume: tuple[Checkpoint, str] | None = None
 
     # ------------------------------------------------------------------------- run
@@ -273,8 +307,13 @@ class EM:
                     f"{model_name(model)}.run() takes the data tensor as its only argument, "
                     f"got {len(args)} positional and {sorted(kwargs)} keyword argument(s)"
                 )
-            data = model.prepare(args[0])
             x = args[0]
+            if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[0] == 0:
+                raise ModelError(
+                    f"observed site 'obs' holds no values (data of shape {tuple(x.shape)}); "
+                    "pass non-empty data", site="obs"
+                )
+            data = model.prepare(x)
             if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(
                 torch.isfinite(x).all()
             ):
@@ -283,9 +322,13 @@ class EM:
                     "Remove or impute the missing values.", site="obs"
                 )
             meta = EMModelInfo.of_closed_form(model, data, x)
+            meta = dataclasses.replace(
+                meta, fingerprint={**meta.fingerprint, DATA_KEY: data_hash(args, kwargs)}
+            )
             return (lambda i: ClosedFormEngine(model, data)), meta
         with fit_context(seed, device):
-            info = inspect_model(model, args, kwargs)
+            info = traced_model(model, args, kwargs)
+            check_trace_values(info.trace)
         check_observed_finite(info)
         kind = latent_kind(info, model)
         if not any(info.trace.nodes[n]["type"] == "param" for n in info.trace.nodes):
@@ -332,6 +375,7 @@ class EM:
                 with stop_on_interrupt(
                     run.state, at=lambda: f"iteration {restart.n_iter}", save=save
                 ):
+                    run.state.mark_rng()
                     for it in range(restart.n_iter, self.num_steps):
                         estep = self._checked(engine.expectation, it)
                         ll = estep.log_evidence
@@ -339,6 +383,7 @@ class EM:
                         self._checked(functools.partial(engine.maximization, estep), it)
                         restart.trace.append(ll)
                         restart.n_iter = it + 1
+                        run.state.mark_rng()
                         change = (ll - prev) / n_obs
                         prev = ll
                         bar.update(1)

@@ -30,11 +30,16 @@ from pyrovi.em.posterior import GaussianPosterior
 
 __all__ = ["FactorAnalysisModel", "factor_analysis_model", "ppca_model"]
 
+#: With fewer observations than features, the noise variances are floored at this fraction
+#: of the mean sample variance (or ``min_noise``, if larger).
+RELATIVE_FLOOR = 1e-6
+
 
 class _FAData(NamedTuple):
     x: torch.Tensor
     mean: torch.Tensor
     cov: torch.Tensor  # biased sample covariance (divided by N)
+    floor: float  # the floor of the noise variances on these data
 
 
 class _FAStats(NamedTuple):
@@ -67,6 +72,16 @@ class FactorAnalysisModel(ClosedFormModel):
         self.min_noise = float(min_noise)
         kind = "ppca_model" if noise == "isotropic" else "factor_analysis_model"
         self.__name__ = self.__qualname__ = f"{kind}({n_components})"
+
+    def checkpoint_state(self) -> dict:
+        """The constructor's arguments, as a checkpoint stores them."""
+        return {"n_components": self.n_components, "noise": self.noise,
+                "min_noise": self.min_noise}
+
+    @classmethod
+    def from_checkpoint_state(cls, state: dict) -> FactorAnalysisModel:
+        """The model a checkpoint stored with :meth:`checkpoint_state`."""
+        return cls(**state)
 
     @property
     def param_constraints(self) -> dict:
@@ -102,10 +117,25 @@ class FactorAnalysisModel(ClosedFormModel):
                 f"n_components={self.n_components} must be below the number of features "
                 f"{data.shape[1]}"
             )
+        if data.shape[0] - 1 <= self.n_components:
+            raise ValueError(
+                f"data has {data.shape[0]} rows but n_components={self.n_components}: with "
+                "n_components >= N - 1 the model reproduces the centred data exactly, the "
+                "noise variances go to zero and the likelihood has no maximum. Use "
+                f"n_components <= {max(data.shape[0] - 2, 0)} or more observations."
+            )
         x = data if data.is_floating_point() else data.double()
         mean = x.mean(0)
         xc = x - mean
-        return _FAData(x=x, mean=mean, cov=xc.T @ xc / x.shape[0])
+        cov = xc.T @ xc / x.shape[0]
+        floor = self.min_noise
+        if x.shape[0] <= x.shape[1]:
+            # fewer observations than features: the sample covariance is singular, the
+            # likelihood grows without bound as noise variances go to zero, and a floor of
+            # 1e-12 leaves M = I + W^T Psi^-1 W too ill-conditioned for a monotone EM.  A
+            # floor relative to the data's scale keeps the maximum finite and EM monotone.
+            floor = max(floor, RELATIVE_FLOOR * float(cov.diagonal().mean().clamp_min(0)))
+        return _FAData(x=x, mean=mean, cov=cov, floor=floor)
 
     def num_obs(self, data: _FAData) -> int:
         return int(data.x.shape[0])
@@ -113,7 +143,7 @@ class FactorAnalysisModel(ClosedFormModel):
     def init_params(self, data: _FAData) -> dict:
         """Sample mean, noise = sample variances, small random loadings."""
         D, L = data.cov.shape[0], self.n_components
-        var = data.cov.diagonal().clamp_min(self.min_noise)
+        var = data.cov.diagonal().clamp_min(data.floor)
         loading = torch.randn(D, L, dtype=var.dtype, device=var.device) * (
             0.5 * var.sqrt().unsqueeze(1) / math.sqrt(L)
         )
@@ -147,9 +177,10 @@ class FactorAnalysisModel(ClosedFormModel):
         SB = S @ stats.B.T  # (D, L): average x E[z]^T
         Ezz = stats.G + stats.B @ SB  # (L, L): average E[z z^T]
         W = torch.linalg.solve(Ezz, SB.T).T
-        psi = (S.diagonal() - (W * SB).sum(1)).clamp_min(self.min_noise)
+        psi = S.diagonal() - (W * SB).sum(1)
         if self.noise == "isotropic":
-            psi = psi.mean()
+            psi = psi.mean()  # the maximiser, then the floor: the constrained maximiser
+        psi = psi.clamp_min(data.floor)
         return {"loading": W, "mean": data.mean.clone(), "noise_variance": psi}
 
     def posterior(self, data: _FAData, stats: _FAStats) -> GaussianPosterior:
@@ -169,7 +200,9 @@ def factor_analysis_model(n_components: int, *, min_noise: float = 1e-12) -> Fac
     n_components : int
         Number of latent factors ``L`` (below the number of features).
     min_noise : float
-        Floor of the noise variances (as scikit-learn's ``FactorAnalysis``).
+        Floor of the noise variances (as scikit-learn's ``FactorAnalysis``).  With fewer
+        observations than features the floor is at least 1e-6 times the mean sample
+        variance, which keeps the maximum finite and the log evidence monotone.
 
     Returns
     -------
@@ -187,7 +220,8 @@ def ppca_model(n_components: int, *, min_noise: float = 1e-12) -> FactorAnalysis
     n_components : int
         Number of latent components ``L``.
     min_noise : float
-        Floor of the noise variance.
+        Floor of the noise variance (at least 1e-6 times the mean sample variance with
+        fewer observations than features).
 
     Returns
     -------

@@ -78,6 +78,17 @@ class GaussianMixtureModel(ClosedFormModel):
         self.chunk_size = chunk_size
         self.__name__ = self.__qualname__ = f"gaussian_mixture_model({n_components})"
 
+    def checkpoint_state(self) -> dict:
+        """The constructor's arguments, as a checkpoint stores them."""
+        return {"n_components": self.n_components, "covariance_type": self.covariance_type,
+                "reg_covar": self.reg_covar, "dtype": self.dtype, "init": dict(self.init),
+                "chunk_size": self.chunk_size}
+
+    @classmethod
+    def from_checkpoint_state(cls, state: dict) -> GaussianMixtureModel:
+        """The model a checkpoint stored with :meth:`checkpoint_state`."""
+        return cls(**state)
+
     # ------------------------------------------------------------------ the Pyro model
     @property
     def param_constraints(self) -> dict:
@@ -108,13 +119,51 @@ class GaussianMixtureModel(ClosedFormModel):
             raise ValueError(
                 f"data must be a 2-D tensor of shape (n_samples, n_features), got {shape}"
             )
+        if data.shape[1] == 0:
+            raise ValueError(
+                f"data has shape {tuple(data.shape)}: zero features; a Gaussian mixture "
+                "needs at least one column"
+            )
         if data.shape[0] < self.n_components:
             raise ValueError(
                 f"data has {data.shape[0]} rows but n_components={self.n_components}; "
                 "expected at least as many samples as components"
             )
         dtype = self.dtype or (data.dtype if data.is_floating_point() else torch.float64)
+        self._check_init(data.shape[1])
         return data.to(dtype)
+
+    def _check_init(self, D: int) -> None:
+        """Refuse initial values of the wrong shape or outside their constraint, naming
+        them, before any work."""
+        K = self.n_components
+        cov_shape = (K, D, D) if self.covariance_type == "full" else (K, D)
+        shapes = {"weights": (K,), "means": (K, D), "covariances": cov_shape}
+        for name, value in self.init.items():
+            try:
+                value = torch.as_tensor(value, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise ValueError(f"init[{name!r}] is not numeric: {err}") from None
+            if tuple(value.shape) != shapes[name]:
+                raise ValueError(
+                    f"init[{name!r}] has shape {tuple(value.shape)}; expected {shapes[name]} "
+                    f"for n_components={K} and {D} features"
+                )
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"init[{name!r}] holds non-finite values")
+            if name == "weights" and (bool((value < 0).any()) or not float(value.sum()) > 0):
+                raise ValueError(
+                    f"init['weights'] must be non-negative with a positive sum, got "
+                    f"{value.tolist()}"
+                )
+            if name == "covariances":
+                ok = (bool((value > 0).all()) if self.covariance_type == "diag" else
+                      int(torch.linalg.cholesky_ex(value)[1].max()) == 0)
+                if not ok:
+                    raise ValueError(
+                        "init['covariances'] must be positive (diag) or positive definite "
+                        "(full)"
+                    )
 
     def _chunk(self, data: torch.Tensor) -> int:
         if self.chunk_size:

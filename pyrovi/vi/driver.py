@@ -8,17 +8,18 @@ in Pyro's ELBOs (:mod:`pyrovi.vi.objective`) and, for the compiled path and DADV
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Callable
 
-import pyro
 import torch
 from pyro.infer import config_enumerate
 
 from pyrovi._model import inspect_model, model_name
 from pyrovi._run import RunState
 from pyrovi._runtime import (
+    check_bool,
+    check_device,
+    check_optim,
     check_positive,
     fit_context,
     move_to_device,
@@ -36,21 +37,6 @@ from pyrovi.vi.objective import vectorization_problem
 from pyrovi.vi.result import VIResult
 
 __all__ = ["VI"]
-
-
-def _check_optim(optim) -> None:
-    ok = (
-        optim is None
-        or (inspect.isclass(optim) and issubclass(optim, torch.optim.Optimizer))
-        or isinstance(optim, pyro.optim.PyroOptim)
-        or (callable(optim) and not inspect.isclass(optim))
-    )
-    if not ok:
-        raise TypeError(
-            "optim must be None (Adam), a torch.optim.Optimizer subclass such as "
-            "torch.optim.Adam, a pyro.optim optimizer such as pyro.optim.Adam({'lr': 0.01}), "
-            f"or a callable params -> torch optimizer; got {optim!r}"
-        )
 
 
 class VI:
@@ -90,7 +76,8 @@ class VI:
     progress : bool
         Show a tqdm progress bar with the running ELBO (default True).
     tol : float
-        Relative tolerance of the convergence rule (default 1e-4), see
+        Tolerance of the convergence rule (default 1e-4: 0.01 nats per window, on top of
+        twice the Monte Carlo error; scale-free), see
         :class:`pyrovi.vi.convergence.PlateauRule`.
     device : str or torch.device, optional
         Where to fit; default: the device of the first tensor argument, else the CPU.
@@ -128,6 +115,9 @@ class VI:
         ``result.num_skipped``); after more than ``max_skips`` such steps in a row (default
         10; 0 stops at the first) the fit stops with :class:`~pyrovi.NonFiniteError`.
         The check costs nothing extra: Pyro's loss is already read back every step.
+    overwrite : bool
+        Let ``checkpoint=`` replace an existing file that is not a checkpoint of this model
+        (default False: such a file is refused before any work).
 
     Notes
     -----
@@ -167,6 +157,7 @@ class VI:
         checkpoint_every: int = 1000,
         max_skips: int = 10,
         method: str = "auto",
+        overwrite: bool = False,
     ):
         self.config = {
             k: v for k, v in locals().items() if k not in ("self", "__class__")
@@ -179,7 +170,7 @@ class VI:
         self.guide_spec: GuideSpec = parse_guide(guide)
         self.num_steps = check_positive("num_steps", num_steps, integer=True)
         self.lr = check_positive("lr", lr)
-        _check_optim(optim)
+        check_optim(optim, lr)
         self.optim = optim
         self.num_particles = check_positive("num_particles", num_particles, integer=True)
         if not isinstance(vectorize_particles, bool):
@@ -190,10 +181,9 @@ class VI:
         if seed is not None:
             resolve_seed(seed)
         self.seed = seed
-        self.progress = bool(progress)
+        self.progress = check_bool("progress", progress)
         self.tol = check_positive("tol", tol)
-        if device is not None:
-            resolve_device(device, (), {})
+        check_device(device)
         self.device = device
         self.window = check_positive("window", window, integer=True)
         self.elbo_particles = check_positive("elbo_particles", elbo_particles, integer=True)
@@ -212,7 +202,10 @@ class VI:
             raise ValueError(f"max_skips must be an int >= 0, got {max_skips!r}")
         self.max_skips = max_skips
         custom = self.guide_spec.is_user_guide
-        self.checkpoint = check_checkpoint_path(checkpoint, model, guide if custom else None)
+        self.checkpoint = check_checkpoint_path(
+            checkpoint, model, guide if custom else None, overwrite=overwrite,
+            config=self.config,
+        )
         self._resume: tuple[Checkpoint, str] | None = None
 
     def __repr__(self) -> str:

@@ -241,7 +241,7 @@ def test_mixed_latents_and_no_latent_refused(blobs):
     [
         ({"num_steps": 0}, ValueError, r"num_steps must be a positive int, got 0"),
         ({"num_steps": 2.5}, TypeError, r"num_steps must be a positive int, got float 2.5"),
-        ({"tol": -1.0}, ValueError, r"tol must be a non-negative number .*got -1.0"),
+        ({"tol": -1.0}, ValueError, r"tol must be a finite non-negative number .*got -1.0"),
         ({"num_inits": 0}, ValueError, r"num_inits must be a positive int, got 0"),
         ({"m_step": "newton"}, ValueError, r"m_step must be one of \('auto', 'generic', "
                                            r"'closed_form'\), got 'newton'"),

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import pyrovi
+import pyrovi._files as files_module
 import pyrovi.checkpoint as checkpoint_module
 from pyrovi.errors import CheckpointError, CheckpointWarning
 from tests.vi import models
@@ -60,9 +61,8 @@ def test_resume_refuses_another_family_model_or_format(tmp_path):
         pyrovi.resume(path, guide="fullrank").run(X, y)
     with pytest.raises(CheckpointError, match=r"written for another model"):
         pyrovi.resume(path).run(X[:, :1], y)
-    ckpt = checkpoint_module.load_checkpoint(path)
-    data = dict(ckpt.__dict__, format=99, pyrovi_version="9.0")
-    torch.save(data, tmp_path / "future.ckpt")
+    body = path.read_bytes().split(b"\n", 2)[2]
+    (tmp_path / "future.ckpt").write_bytes(b"PYROVI-CHECKPOINT\nformat=99 pyrovi=9.0\n" + body)
     with pytest.raises(CheckpointError, match=r"written by pyrovi 9.0 in checkpoint format 99"):
         pyrovi.resume(tmp_path / "future.ckpt")
 
@@ -70,8 +70,14 @@ def test_resume_refuses_another_family_model_or_format(tmp_path):
 def test_corrupted_or_missing_checkpoint_is_refused(tmp_path):
     path = tmp_path / "bad.ckpt"
     path.write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(CheckpointError, match=r"is not a readable pyrovi checkpoint .* corrupted"):
+    with pytest.raises(CheckpointError, match=r"is not a pyrovi checkpoint .* header"):
         pyrovi.resume(path)
+    good = tmp_path / "good.ckpt"
+    _fit(good, num_steps=100)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match=r"is not a readable pyrovi checkpoint: .*corrupt"):
+        pyrovi.resume(truncated)
     with pytest.raises(CheckpointError, match=r"no checkpoint at"):
         pyrovi.resume(tmp_path / "absent.ckpt")
 
@@ -79,11 +85,10 @@ def test_corrupted_or_missing_checkpoint_is_refused(tmp_path):
 def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "disk.ckpt"
     calls = {"n": 0}
-    real_open = open
 
     class FullDisk:
-        def __init__(self, name, mode):
-            self.fh = real_open(name, mode)
+        def __init__(self, fd, mode):
+            self.fh = os.fdopen(fd, mode)
 
         def __enter__(self):
             return self
@@ -100,24 +105,36 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
         def fileno(self):
             return self.fh.fileno()
 
-    def opener(name, mode):
+    def opener(fd):
         calls["n"] += 1
-        return real_open(name, mode) if calls["n"] == 1 else FullDisk(name, mode)
+        return os.fdopen(fd, "wb") if calls["n"] == 1 else FullDisk(fd, "wb")
 
-    monkeypatch.setattr(checkpoint_module, "open", opener, raising=False)
+    monkeypatch.setattr(files_module, "_fdopen", opener)
     with pytest.warns(CheckpointWarning, match=r"could not write checkpoint .* at step 200"):
         result = _fit(path)
     assert result.num_steps == 200  # training went on
     assert checkpoint_module.load_checkpoint(path).step == 100  # the old one is intact
-    assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(files_module.TEMP_PREFIX)]
 
 
-def test_local_model_cannot_be_checkpointed(tmp_path):
+def local_model_factory():
     def local_model(y):
         models.normal_normal(y)
 
-    with pytest.raises(CheckpointError, match=r"needs the model to be picklable"):
-        pyrovi.VI(local_model, checkpoint=tmp_path / "x.ckpt")
+    return local_model
+
+
+def test_a_local_model_must_be_passed_again_to_resume(tmp_path):
+    local_model = local_model_factory()
+    path = tmp_path / "x.ckpt"
+    y = models.normal_normal_data()
+    pyrovi.VI(local_model, seed=0, num_steps=100, progress=False, checkpoint=path,
+              checkpoint_every=50).run(y)
+    with pytest.raises(CheckpointError, match=r"does not hold the model .*local_model.*"
+                                              r"pass model= to pyrovi.resume"):
+        pyrovi.resume(path)
+    resumed = pyrovi.resume(path, model=local_model, num_steps=150).run(y)
+    assert resumed.num_steps == 150
 
 
 def test_checkpoint_folder_must_exist(tmp_path):
