@@ -162,7 +162,8 @@ class FitResult(abc.ABC):
         Draws from a copy of the stored state, so evaluation never changes the result.
         """
         state = {
-            "params": dict(self.param_state["params"]),
+            # copies: an in-place edit inside the block never reaches the stored result
+            "params": {k: v.detach().clone() for k, v in self.param_state["params"].items()},
             "constraints": dict(self.param_state["constraints"]),
         }
         with param_scope(state), torch.device(self.device):

@@ -143,7 +143,8 @@ class ResultConverter:
         if diagnostics is not None:
             self.diagnostics = _scalar_fields(diagnostics, "diagnostics")
         self.prediction_args = _prediction_arguments(predictions)
-        with result.scope(), torch.no_grad():
+        # the inspection's draws are thrown away: the caller's random state is left alone
+        with torch.random.fork_rng(), result.scope(), torch.no_grad():
             self.info = inspect_model(result.model, result.args, result.kwargs)
         self.shapes = site_shapes(self.info.trace)
         self.latent = tuple(result.latent_sites)

@@ -31,7 +31,8 @@ def gradient_estimators(result: FitResult) -> dict[str, str]:
     if result.exact_posterior:  # EM: exact E-step
         return {k: EXACT for k in sites}
     enumerated = set(result.enumerated_sites)
-    with result.scope(), torch.no_grad():
+    # one guide run, its draws thrown away: the caller's random state is left alone
+    with torch.random.fork_rng(), result.scope(), torch.no_grad():
         trace = poutine.trace(result.guide).get_trace(*result.args, **result.kwargs)
     out = {}
     for name in sites:

@@ -268,7 +268,8 @@ def check_result(result: FitResult) -> ModelInfo:
             "VI(...).run(*args) or EM(...).run(*args) unchanged."
         )
     try:
-        with result.scope():
+        # the inspection's draws are thrown away: the caller's random state is left alone
+        with torch.random.fork_rng(), result.scope():
             info = inspect_model(result.model, tuple(result.args), dict(result.kwargs))
     except ModelError as err:
         raise ValueError(

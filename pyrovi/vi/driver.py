@@ -14,17 +14,19 @@ from collections.abc import Callable
 import torch
 from pyro.infer import config_enumerate
 
-from pyrovi._model import inspect_model, model_name
+from pyrovi._model import model_name
 from pyrovi._run import RunState
 from pyrovi._runtime import (
     check_bool,
     check_device,
     check_optim,
     check_positive,
+    check_trace_values,
     fit_context,
     move_to_device,
     resolve_device,
     resolve_seed,
+    traced_model,
     warn,
 )
 from pyrovi.checkpoint import Checkpoint, check_checkpoint_path, check_compatible, fingerprint
@@ -245,7 +247,8 @@ class VI:
         seed = resolve_seed(self.seed)
         run = RunState(seed=seed, device=device, checkpoint=self.checkpoint)
         with fit_context(seed, device):
-            info = inspect_model(self.model, args, kwargs)
+            info = traced_model(self.model, args, kwargs)
+            check_trace_values(info.trace)
             spec: GuideSpec = self.guide_spec
             check_model(self.model, info, spec, args, kwargs)
             if self._resume is not None:

@@ -35,7 +35,15 @@ from tqdm.auto import tqdm
 import pyrovi.fast as fast
 from pyrovi._draws import site_shapes
 from pyrovi._model import ModelInfo
-from pyrovi._run import RunState, guard, load_params, load_rng, warn_interrupted, write_checkpoint
+from pyrovi._run import (
+    RunState,
+    guard,
+    keep_result,
+    load_params,
+    load_rng,
+    warn_interrupted,
+    write_checkpoint,
+)
 from pyrovi._runtime import snapshot_store, store_params, warn
 from pyrovi._steps import (
     NonFinite,
@@ -397,10 +405,21 @@ class Fit:
                 f"{vi.tol}). Raise num_steps, or change lr (now {vi.lr}) or tol.",
                 ConvergenceWarning,
             )
-        return self._result(
-            outcome.trace, outcome.converged, final=True, backend=backend,
-            num_skipped=outcome.num_skipped, dadvi_outcome=dadvi_outcome,
-        )
+        with keep_result(  # a failing final estimate keeps the trained result
+            run,
+            unit="step",
+            done=lambda: steps,
+            partial=lambda: self._result(
+                outcome.trace, outcome.converged, final=False, backend=backend,
+                num_skipped=outcome.num_skipped, dadvi_outcome=dadvi_outcome,
+            ),
+            who="the final ELBO estimate",
+            trace="ELBO trace",
+        ):
+            return self._result(
+                outcome.trace, outcome.converged, final=True, backend=backend,
+                num_skipped=outcome.num_skipped, dadvi_outcome=dadvi_outcome,
+            )
 
     def _nonfinite_error(self, bad: NonFinite, outcome: Outcome, backend: str) -> NonFiniteError:
         """The error of a non-finite stop, naming the site at fault where one is found; its
@@ -475,6 +494,7 @@ class Fit:
         )
         state = _LoopState(trace=[], plateau=PlateauState())
         first = self._restore(self.resume_from, state) if self.resume_from else 0
+        run.mark_rng()  # the random state of the completed steps, for checkpoints
         known = set(state.known)
         max_norm = settings.clip_norm if settings.clip_norm is not None else math.inf
         window = settings.window
@@ -498,9 +518,16 @@ class Fit:
             with policy:
                 for step in range(first, settings.num_steps):
                     with poutine.trace(param_only=True) as capture:
-                        loss = elbo_fn.loss_and_grads(
-                            self.model, self.guide, *self.args, **self.kwargs
-                        )
+                        try:
+                            loss = elbo_fn.loss_and_grads(
+                                self.model, self.guide, *self.args, **self.kwargs
+                            )
+                        except ValueError as err:
+                            # Pyro's validation refuses a NaN distribution parameter: a
+                            # non-finite step, skipped like any other
+                            if not _is_validation_error(err):
+                                raise
+                            loss = math.nan
                     params = [s["value"].unconstrained() for s in capture.trace.nodes.values()]
                     new = [p for p in params if p not in known]
                     if new:
@@ -528,6 +555,7 @@ class Fit:
                         state.consecutive, state.first_bad = 0, None
                         state.trace.append(-loss)
                     state.optimizer.zero_grad(set_to_none=True)
+                    run.mark_rng()
                     if (step + 1) % window == 0:
                         mean = window_mean(state.trace[-window:])
                         state.plateau = settings.rule.update(state.plateau, mean)
@@ -567,3 +595,12 @@ class Fit:
             max_skips=max_skips,
             quantity="ELBO" if not math.isfinite(loss) else "gradient",
         )
+
+
+def _is_validation_error(err: ValueError) -> bool:
+    """Whether ``err`` is Pyro's (torch's) distribution argument validation refusing a
+    non-finite parameter or value, rather than a bug in the model."""
+    text = str(err)
+    return ("Expected parameter" in text or "Expected value argument" in text) and (
+        "nan" in text.lower() or "inf" in text.lower()
+    )

@@ -1,7 +1,7 @@
-"""Findings of issue 16 whose fix lies in files this branch does not own (pyrovi/vi/fit.py,
-pyrovi/_result.py, pyrovi/arviz/converter.py, pyrovi/diagnostics/diagnose.py and
-weights.py).  Each test is a strict xfail: it fails today, and turns into an error (XPASS)
-once the fix lands, so that the marker is removed then."""
+"""Findings of issue 16 in the VI loop, the export and the diagnostics: a failing final
+estimate keeps the result, Pyro's validation errors on NaN parameters are skipped steps,
+Ctrl-C resumes bit-identically, an explicit seed leaves the caller's random state alone,
+and scope() hands out copies."""
 
 import numpy as np
 import pyro
@@ -13,10 +13,6 @@ import pyrovi
 import pyrovi.vi.fit as fit_module
 from pyrovi.errors import FitError, InterruptedFitWarning
 from tests.vi import models
-
-NEEDS_FIT = pytest.mark.xfail(
-    strict=True, reason="needs the pyrovi/vi/fit.py change described in the issue 16 report"
-)
 
 FAST = dict(seed=0, num_steps=200, progress=False, backend="svi")
 
@@ -32,7 +28,6 @@ class Interrupting:
             raise KeyboardInterrupt
 
 
-@NEEDS_FIT
 @pytest.mark.filterwarnings("ignore::pyrovi.errors.ConvergenceWarning")
 def test_ctrl_c_resume_is_bit_identical(tmp_path):
     y = models.normal_normal_data()
@@ -45,7 +40,6 @@ def test_ctrl_c_resume_is_bit_identical(tmp_path):
     np.testing.assert_array_equal(full.elbo_trace, resumed.elbo_trace)
 
 
-@NEEDS_FIT
 @pytest.mark.filterwarnings("ignore::pyrovi.errors.ConvergenceWarning")
 def test_final_estimate_failure_carries_result(monkeypatch):
     def boom(*a, **k):
@@ -68,7 +62,6 @@ def nan_at(y):
         pyro.sample("y", dist.Normal(mu, scale), obs=y)
 
 
-@NEEDS_FIT
 @pytest.mark.filterwarnings("ignore::pyrovi.errors.ConvergenceWarning")
 def test_nan_parameter_with_validation_is_skipped():
     y = models.normal_normal_data()
@@ -84,21 +77,18 @@ def fitted():
     return pyrovi.VI(models.regression, seed=0, num_steps=100, progress=False).run(X, y)
 
 
-@pytest.mark.xfail(strict=True, reason="arviz/converter.py: inspect_model outside seeded()")
 def test_to_arviz_with_a_seed_leaves_the_global_rng_alone(fitted):
     state = torch.get_rng_state()
     fitted.to_arviz(20, seed=1)
     assert torch.equal(state, torch.get_rng_state())
 
 
-@pytest.mark.xfail(strict=True, reason="diagnostics: inspect_model outside seeded()")
 def test_diagnose_with_a_seed_leaves_the_global_rng_alone(fitted):
     state = torch.get_rng_state()
     pyrovi.diagnose(fitted, num_particles=50, seed=1, evidence="importance")
     assert torch.equal(state, torch.get_rng_state())
 
 
-@pytest.mark.xfail(strict=True, reason="_result.py: scope() shares the stored tensors")
 def test_an_in_place_edit_inside_scope_does_not_change_the_result(fitted):
     name = next(iter(fitted.param_state["params"]))
     before = fitted.param_state["params"][name].clone()
