@@ -83,6 +83,7 @@ class Case:
     workflow_slow: bool = False
     workflow: bool = True  # False: no posterior to export (a model without latents)
     diag: int = DIAG  # draws behind diagnose / compare
+    observed_shapes: dict = field(default_factory=dict)  # exported data must be the full data
     # families for which a clear pyrovi error naming one of these sites is a right answer
     may_refuse: dict = field(default_factory=dict)
     kwargs: dict = field(default_factory=dict)
@@ -219,7 +220,7 @@ case(
     args=(m.COIN_DATA,),
     families={"meanfield": None},
     check=check_coin,
-    workflow_xfail="sequential plate sites obs_0..obs_9: to_arviz/diagnose raise KeyError 'obs_5'",
+    workflow_xfail="sequential plate: scalar obs_i exported as observed_data of shape (1,), posterior_predictive ()",
 )
 
 
@@ -237,7 +238,8 @@ case(
     args=(m.COIN_DATA,),
     families={"meanfield": None},
     check=check_subsample,
-    workflow_xfail="subsample_size: log_likelihood holds the 5-flip subsample next to the 10 observed flips",
+    workflow_xfail="subsample_size: observed_data, log_likelihood and predictive hold a random 5 of the 10 flips",
+    observed_shapes={"obs": (10,)},
 )
 
 
@@ -681,7 +683,7 @@ case(
     args=(WORKFLOW,),
     families={"meanfield": None},
     check=check_workflow,
-    workflow_xfail="pyro.deterministic in a plate: fit.predictive fails, posterior_predictive gets a wrong shape",
+    workflow_xfail="pyro.deterministic in a plate: to_arviz and predictive raise ValueError shape mismatch at site rate",
 )
 
 case(
@@ -690,7 +692,7 @@ case(
     args=(WORKFLOW,),
     families={"meanfield": None},
     check=check_workflow,
-    workflow_xfail="pyro.factor: no observed site for log_likelihood/az.loo",
+    workflow_xfail="pyro.deterministic in a plate: fit.predictive raises ValueError shape mismatch at site rate",
 )
 
 
@@ -829,17 +831,35 @@ def test_workflow(name):
         assert [row["name"] for row in table.rows] == list(diags)
         assert str(table)
     r = next(iter(fits.values()))
-    idata = r.to_arviz(EXPORT)
+    event_dims = _event_dims(r)
+    if not event_dims:
+        # pyro.factor only: no observed site, so no pointwise likelihood (refusal checked)
+        with pytest.raises(pyrovi.PyroviError, match="no observed site"):
+            r.to_arviz(EXPORT)
+        idata = r.to_arviz(EXPORT, log_likelihood=False, posterior_predictive=False)
+    else:
+        idata = r.to_arviz(EXPORT)
     posterior_vars = set(idata.posterior.data_vars)
     assert posterior_vars, "empty posterior group"
     for site in r.latent_sites:
         assert site in posterior_vars, f"latent {site!r} missing from the posterior group"
     summary = az.summary(idata)
     assert len(summary) >= len(posterior_vars)
+    pred = r.predictive(10)
+    if event_dims:
+        _check_observed_groups(c, r, idata, event_dims, pred)
+    scalar = [v for v in posterior_vars if idata.posterior[v].ndim == 2] or sorted(posterior_vars)
+    axes = az.plot_posterior(idata, var_names=[scalar[0]])
+    assert axes is not None
+    plt.close("all")
+
+
+def _check_observed_groups(c, r, idata, event_dims, pred):
     # every observation has its pointwise log-likelihood and its predictive draws
     groups = set(idata.groups())
     assert {"observed_data", "log_likelihood", "posterior_predictive"} <= groups
-    event_dims = _event_dims(r)
+    for var, shape in c.observed_shapes.items():
+        assert idata.observed_data[var].shape == shape, var
     for var in idata.observed_data.data_vars:
         shape = idata.observed_data[var].shape
         # one log-likelihood per observation: the batch part of the observed shape (an
@@ -849,13 +869,8 @@ def test_workflow(name):
         assert idata.posterior_predictive[var].shape[2:] == shape, var
     loo = az.loo(idata, var_name=sorted(idata.log_likelihood.data_vars)[0])
     assert np.isfinite(loo.elpd_loo)
-    pred = r.predictive(10)
     for var in idata.observed_data.data_vars:
         assert tuple(pred[var].shape[1:]) == idata.observed_data[var].shape
-    scalar = [v for v in posterior_vars if idata.posterior[v].ndim == 2] or sorted(posterior_vars)
-    axes = az.plot_posterior(idata, var_names=[scalar[0]])
-    assert axes is not None
-    plt.close("all")
 
 
 # ------------------------------------------------------------------ special behaviours
