@@ -790,8 +790,12 @@ def test_agreement(name, family):
 
 
 def _working_fits(c):
+    """The fits the workflow test exports: the fast families (all of them when the workflow
+    test is itself slow), leaving out the known failures."""
     fits = {}
     for family, mark in c.families.items():
+        if mark == "slow" and not c.workflow_slow:
+            continue
         if mark and mark != "slow":
             continue
         fits[family] = get(c.name, family)
@@ -817,7 +821,8 @@ def test_workflow(name):
     diags = {}
     for family, r in fits.items():
         if r.family == "delta":
-            with pytest.raises(pyrovi.PyroviError):
+            # refused: a point mass has no density (a plain ValueError that names delta)
+            with pytest.raises(ValueError, match="delta"):
                 pyrovi.diagnose(r, num_particles=c.diag, seed=0)
             continue
         d = pyrovi.diagnose(r, num_particles=c.diag, seed=0)
