@@ -568,7 +568,12 @@ case(
     name="gmm_tutorial",
     model=m.gmm_model,
     args=(m.GMM_DATA,),
-    families={"delta": None, "meanfield": "slow"},
+    families={
+        "meanfield": None,
+        # the tutorial's AutoDelta MAP: Dirichlet(0.5) has an unbounded density at the
+        # simplex edge, so the MAP does not exist; a clear error naming the site is right
+        "delta": "delta on the GMM tutorial: NonFiniteError at step 543 (weights to the simplex edge), naming no site",
+    },
     check=check_gmm,
 )
 
