@@ -40,6 +40,8 @@ class ModelInfo:
         Site name -> tuple of the plate names it lives in, outermost first.
     trace : pyro.poutine.Trace
         The prototype trace itself.
+    model : callable or None
+        The model that was traced (None when not recorded).
     """
 
     latent: tuple[str, ...]
@@ -50,6 +52,7 @@ class ModelInfo:
     plates: dict
     site_plates: dict
     trace: poutine.Trace
+    model: Callable | None = dataclasses.field(default=None, compare=False)
 
     @property
     def continuous(self) -> tuple[str, ...]:
@@ -119,6 +122,7 @@ def inspect_model(model: Callable, args: tuple = (), kwargs: Mapping | None = No
         plates=plates,
         site_plates=site_plates,
         trace=trace,
+        model=model,
     )
 
 

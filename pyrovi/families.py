@@ -55,6 +55,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, NamedTuple, Protocol
 
+import pyro.poutine as poutine
 import torch
 from pyro.infer import autoguide
 from pyro.infer.autoguide import AutoGuide
@@ -73,6 +74,7 @@ __all__ = [
     "FullRank",
     "LowRank",
     "Delta",
+    "setup_outside_plates",
 ]
 
 #: Initial scale of the Gaussian families in unconstrained space.  Pyro's default (0.1) is
@@ -330,6 +332,27 @@ class Delta:
 
 
 # --------------------------------------------------------------------------- the records
+def _blocked_setup_prototype(self: AutoGuide, *args, **kwargs) -> None:
+    with poutine.block():
+        type(self)._setup_prototype(self, *args, **kwargs)
+
+
+def setup_outside_plates(guide: AutoGuide) -> AutoGuide:
+    """Make ``guide`` set up its prototype and parameters outside any enclosing plate.
+
+    An autoguide creates its parameters the first time it runs.  When that first run is
+    inside a plate (pyrovi's particle plate, while it checks whether the model broadcasts),
+    Pyro checks each new ``pyro.param`` against the plate, and a batched latent outside any
+    model plate (``eta`` of shape (8,) in eight schools) fails the check after the prototype
+    is recorded but before its parameters exist, which leaves the guide half-built (no
+    ``locs.eta``) for every later run.  Setting up under :func:`poutine.block` keeps the
+    parameters free of enclosing plates, as they are when the guide first runs outside one.
+    (Bound with :class:`types.MethodType`, so a :func:`copy.deepcopy` rebinds to the copy.)
+    """
+    guide.__dict__["_setup_prototype"] = types.MethodType(_blocked_setup_prototype, guide)
+    return guide
+
+
 def _identity_finalize(
     guide: AutoGuide, args: tuple, kwargs: Mapping
 ) -> tuple[AutoGuide, dict[str, torch.Tensor]]:
@@ -339,13 +362,117 @@ def _identity_finalize(
 def _laplace_finalize(
     guide: AutoGuide, args: tuple, kwargs: Mapping
 ) -> tuple[AutoGuide, dict[str, torch.Tensor]]:
-    """The Gaussian at the MAP with the inverse Hessian as covariance, and its parameters."""
-    gaussian = guide.laplace_approximation(*args, **kwargs)
+    """The Gaussian at the MAP with the inverse Hessian as covariance, and its parameters.
+
+    Pyro's ``AutoLaplaceApproximation.laplace_approximation``, with the Hessian checked
+    first: a singular or indefinite Hessian (collinear features, a direction the data do not
+    determine, a MAP at a saddle) is refused with a :class:`~pyrovi.errors.ModelError` that
+    names the sites of its flattest direction, instead of torch's ``linalg`` error or a NaN
+    scale.  The error carries the trained MAP (``err.map_values``, constrained, per site).
+
+    Raises
+    ------
+    ModelError
+        When the Hessian at the MAP is not finite or not positive definite.
+    """
+    from pyro.ops.hessian import hessian
+
+    from pyrovi.errors import ModelError
+
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(guide.model, trace=guide_trace)).get_trace(
+        *args, **kwargs
+    )
+    loss = guide_trace.log_prob_sum() - model_trace.log_prob_sum()
+    H = hessian(loss, guide.loc)
+    with torch.no_grad():
+        H = H.detach()
+        problem = _hessian_problem(H)
+        if problem is not None:
+            what, direction = problem
+            sites = _sites_of_direction(guide, direction)
+            named = ", ".join(f"{name!r}{elements}" for name, elements in sites)
+            err = ModelError(
+                f"laplace: the Hessian of -log p(x, z) at the MAP is {what} in the "
+                f"direction of {named}, so the MAP is not a strict maximum there and "
+                "N(MAP, H^-1) does not exist (collinear features, a parameter the data do "
+                "not determine, or a saddle). Reparameterize the model (drop collinear "
+                "columns, give the site a proper prior, a non-centred or logit "
+                "parameterization), or use another family ('fullrank', 'meanfield'; "
+                "'delta' for the MAP alone).",
+                site=sites[0][0],
+            )
+            err.map_values = {  # the trained MAP, constrained, per site
+                site["name"]: biject_to(site["fn"].support)(value).detach().clone()
+                for site, value in guide._unpack_latent(guide.loc.detach())
+            }
+            raise err
+        loc = guide.loc.detach()
+        cov = torch.cholesky_inverse(torch.linalg.cholesky(H))
+        scale = cov.diagonal().sqrt()
+        cov = cov / scale[:, None] / scale[None, :]
+        scale_tril = torch.linalg.cholesky(cov)
+    gaussian = autoguide.AutoMultivariateNormal(guide.model)
+    gaussian._setup_prototype(*args, **kwargs)
+    del gaussian.loc
+    del gaussian.scale
+    del gaussian.scale_tril
+    gaussian.register_buffer("loc", loc)
+    gaussian.register_buffer("scale", scale)
+    gaussian.register_buffer("scale_tril", scale_tril)
     extra = {
-        "laplace.loc": gaussian.loc.detach().clone(),
-        "laplace.scale_tril": (gaussian.scale[:, None] * gaussian.scale_tril).detach().clone(),
+        "laplace.loc": loc.clone(),
+        "laplace.scale_tril": (scale[:, None] * scale_tril).clone(),
     }
     return gaussian, extra
+
+
+def _hessian_problem(H: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+    """None for a finite positive-definite Hessian; else what is wrong and the direction
+    (a vector over the flat latent) where it is."""
+    finite = torch.isfinite(H)
+    if not bool(finite.all()):
+        return "not finite", (~finite).any(0).to(H.dtype)
+    H = 0.5 * (H + H.T)
+    _, info = torch.linalg.cholesky_ex(H)
+    evals, evecs = torch.linalg.eigh(H.double())
+    tol = evals.abs().max().clamp_min(1.0) * torch.finfo(H.dtype).eps * H.shape[0] * 10
+    if int(info) == 0 and bool(evals[0] > tol):
+        return None
+    if bool(evals[0] > -tol):
+        return "singular", evecs[:, 0]
+    what = f"not positive definite (eigenvalue {float(evals[0]):.3g})"
+    return what, evecs[:, 0]
+
+
+def _sites_of_direction(guide: AutoGuide, direction: torch.Tensor) -> list[tuple[str, str]]:
+    """``(site, its elements)`` for the latent sites where ``direction`` has its largest
+    components (largest first), through the autoguide's layout of the flat latent."""
+    weight = direction.abs()
+    big = weight >= 0.3 * weight.max()
+    found, pos = [], 0
+    for name, _ in guide.prototype_trace.iter_stochastic_nodes():
+        shape = tuple(guide._unconstrained_shapes[name])
+        size = math.prod(shape)
+        hits = big[pos : pos + size].nonzero().flatten().tolist()
+        if hits:
+            hits.sort(key=lambda i: -float(weight[pos + i]))
+            top = float(weight[pos + hits[0]])
+            elements = "" if size == 1 else " (element " + ", ".join(
+                str(list(_unravel(i, shape))) for i in hits[:3]
+            ) + (", ..." if len(hits) > 3 else "") + ")"
+            found.append((top, name, elements))
+        pos += size
+    found.sort(key=lambda t: -t[0])
+    return [(name, elements) for _, name, elements in found] or [("<unknown>", "")]
+
+
+def _unravel(index: int, shape) -> tuple:
+    out = []
+    for size in reversed(tuple(shape)):
+        out.append(index % size)
+        index //= size
+    return tuple(reversed(out))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,7 +540,7 @@ class Family:
             options["rank"] = rank
         if self.init_scale is not None:
             options["init_scale"] = self.init_scale
-        return self.autoguide(model, **options)
+        return setup_outside_plates(self.autoguide(model, **options))
 
     def math_for(self, guide: AutoGuide) -> FamilyMath:
         """The compiled path's math for this trained-or-initialized ``guide``.

@@ -9,6 +9,7 @@ function, is accepted too.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
@@ -17,7 +18,14 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoGuide
 
-from pyrovi.families import COMPILED, FAMILIES, INIT_SCALE, REGISTRY, Family
+from pyrovi.families import (
+    COMPILED,
+    FAMILIES,
+    INIT_SCALE,
+    REGISTRY,
+    Family,
+    setup_outside_plates,
+)
 
 __all__ = ["GuideSpec", "FAMILIES", "INIT_SCALE", "parse_guide", "build_guide"]
 
@@ -204,5 +212,30 @@ def build_guide(spec: GuideSpec, model: Callable, hide: Sequence[str] = ()) -> C
     if spec.record is not None:
         return spec.record.build(target, spec.rank)
     if inspect.isclass(spec.obj):  # a user-supplied AutoGuide class
-        return spec.obj(target)
-    return spec.obj
+        return setup_outside_plates(spec.obj(target))
+    return setup_outside_plates(_own_copy(spec.obj))
+
+
+def _own_copy(guide: AutoGuide) -> AutoGuide:
+    """A copy of a user's AutoGuide instance for one fit: an autoguide holds its parameters,
+    so one instance given to two fits would be trained by both, and the second fit would move
+    the first fit's results.  (Pyro's ``AutoGuide.__getstate__`` drops the model reference of
+    the guide and of its sub-guides, on the original too: both get it back here.)"""
+    parts = [m for _, m in guide.named_modules() if isinstance(m, AutoGuide)]
+    saved = [(m._model, m.master) for m in parts]
+    try:
+        new = copy.deepcopy(guide)
+    except Exception as err:
+        name = type(guide).__name__
+        raise TypeError(
+            f"guide={name}(...) cannot be copied ({type(err).__name__}: {err}); pyrovi "
+            "trains a copy of an AutoGuide instance so that fits do not share parameters. "
+            f"Pass the class (guide={name}) or a family name instead."
+        ) from err
+    finally:
+        for m, (model, master) in zip(parts, saved):
+            m._model, m.master = model, master
+    copies = [m for _, m in new.named_modules() if isinstance(m, AutoGuide)]
+    for m, (model, _) in zip(copies, saved):
+        m._model = model
+    return new

@@ -130,12 +130,33 @@ def _enum_trace(model: Callable, max_plate_nesting: int, args: tuple, kwargs: di
     trace = poutine.trace(enum_model).get_trace(*args, **kwargs)
     trace = prune_subsample_sites(trace)
     trace.compute_log_prob()
+    for site in trace.nodes.values():
+        if (
+            site["type"] == "sample"
+            and site["mask"] is not None
+            and site["infer"].get("_enumerate_dim") is not None
+        ):
+            # the evidence factor of a masked enumerated site (see _factors): unmasked,
+            # scaled, and of the masked factor's shape, so that its marginals (the
+            # gradient of log Z) pair element by element with the masked factor of Q
+            unmasked = site["unscaled_log_prob"] * site["scale"]
+            site["unscaled_log_prob"] = unmasked.expand(
+                torch.broadcast_shapes(unmasked.shape, site["log_prob"].shape)
+            )
     trace.pack_tensors()
     return trace
 
 
-def _factors(trace) -> tuple[list, list, set]:
-    """(ordinal, packed log-prob) of every sample site, and the enumerated dim symbols."""
+def _factors(trace, evidence: bool = False) -> tuple[list, list, set]:
+    """(ordinal, packed log-prob) of every sample site, and the enumerated dim symbols.
+
+    With ``evidence=True`` a masked enumerated site's factor is its log-probability *before*
+    the mask (scaled as the site is), as in ``TraceEnum_ELBO``: a latent masked out by
+    ``poutine.mask`` (the padded steps of ``examples/hmm.py``) still sums to one over its
+    values.  Masked to zero it would sum to its number of values instead, adding ``log K``
+    per masked latent to the evidence.  The expected log joint keeps the masked factor
+    (zero): the masked latent is not part of the model the parameters are fitted to.
+    """
     factors, names = [], []
     enum_dims: set = set()
     plate_dims: set = set()
@@ -148,6 +169,8 @@ def _factors(trace) -> tuple[list, list, set]:
         log_prob = site["packed"]["log_prob"]
         plate_dims |= ordinal
         if site["infer"].get("_enumerate_dim") is not None:
+            if evidence and site["mask"] is not None:
+                log_prob = site["packed"]["unscaled_log_prob"]  # unmasked: _enum_trace
             enum_dims.update(log_prob._pyro_dims)
         factors.append((ordinal, log_prob))
         names.append(name)
@@ -175,7 +198,7 @@ def enum_e_step(model: Callable, max_plate_nesting: int, args: tuple, kwargs: di
     """Exact log evidence and factor marginals by enumeration, at the current parameters."""
     with torch.no_grad():
         trace = _enum_trace(model, max_plate_nesting, args, kwargs)
-    factors, _, sum_dims = _factors(trace)
+    factors, _, sum_dims = _factors(trace, evidence=True)
     leaves, tree, const = [], OrderedDict(), 0.0
     with torch.enable_grad():
         for ordinal, log_prob in factors:

@@ -11,14 +11,16 @@ import torch
 
 import pyrovi
 from pyrovi.errors import FitError, InterruptedFitWarning, ModelError, ModelWarning
+from pyrovi.vi.checks import SITE_SET_PROBES
 from tests.vi import models
 
 pytestmark = pytest.mark.filterwarnings("ignore::pyrovi.errors.ConvergenceWarning")
 FAST = dict(progress=False, num_steps=200, elbo_particles=100, seed=0, backend="svi",
             method="sgd")
-# before step 0 the model runs to inspect it, to set up the autoguide's prototype and to
-# check that it broadcasts over particles
-CALLS_BEFORE_TRAINING = 3
+# before step 0 the model runs to inspect it, to compare its site set over prior runs (and
+# one under a particle plate), to set up the autoguide's prototype and to check that it
+# broadcasts over particles
+CALLS_BEFORE_TRAINING = 3 + SITE_SET_PROBES + 1
 
 
 class Faulty:
