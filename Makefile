@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-py312 lint demo bench docs docs-examples chromium clean
+.PHONY: install test test-py312 gallery lint demo bench docs docs-examples chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m pytest -q
+
+# Pyro's own examples and tutorials through every family, EM, diagnose and the export
+gallery: $(STAMP)
+	PYROVI_GALLERY=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m pytest -q tests/gallery
 
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/pyrovi demo
