@@ -65,7 +65,8 @@ def test_window_mean_carries_its_standard_error():
 def _fit(model, y, num_steps):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = pyrovi.VI(model, seed=0, num_steps=num_steps, progress=False).run(y)
+        result = pyrovi.VI(model, seed=0, num_steps=num_steps, progress=False,
+                           method="sgd").run(y)  # the SGD loop's rule is under test
     return result, [w.category for w in caught]
 
 
