@@ -58,36 +58,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def check_device(device: str | None) -> str | None:
-    """Return ``device`` if this machine has it, else raise :class:`UsageError`."""
-    if device is None:
-        return None
-    import torch
+    """Return ``device`` if this machine has it, else raise :class:`UsageError` with the
+    reason :func:`pyrovi._runtime.check_device` gives (the one check of every fit)."""
+    from pyrovi._runtime import check_device as _check
 
     try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UsageError(
-            f"pyrovi demo: --device {device!r} is not a device name; pass 'cpu' or 'cuda'"
-        ) from None
-    if dev.type == "cpu":
-        return device
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(
-                f"pyrovi demo: --device {device!r} was asked for but CUDA is not available "
-                "on this machine; pass --device cpu"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(
-                f"pyrovi demo: --device {device!r}: this machine has "
-                f"{torch.cuda.device_count()} CUDA device(s); pass cuda:0 .. "
-                f"cuda:{torch.cuda.device_count() - 1}"
-            )
-        return device
-    raise UsageError(
-        f"pyrovi demo: --device {device!r} is not supported (the demo runs on 'cpu' or "
-        "'cuda'); pass --device cpu"
-    )
+        _check(device)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"pyrovi demo: --{err}") from None
+    return device
 
 
 def check_out(out: str | None) -> str | None:

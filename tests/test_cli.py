@@ -27,10 +27,10 @@ def test_help_is_plain_text(capsys):
 @pytest.mark.parametrize(
     "device, match",
     [
-        ("tpu", r"--device 'tpu' is not a device name; pass 'cpu' or 'cuda'"),
-        ("mps", r"--device 'mps' is not supported \(the demo runs on 'cpu' or 'cuda'\); pass --device cpu"),
-        ("nonsense", r"--device 'nonsense' is not a device name; pass 'cpu' or 'cuda'"),
-        ("meta", r"--device 'meta' is not supported"),
+        ("tpu", r"--device='tpu' is not a device torch knows .*; pass 'cpu', 'cuda' or 'cuda:N'"),
+        ("mps", r"--device='mps': pyrovi fits on 'cpu' or 'cuda' only, not on 'mps'"),
+        ("nonsense", r"--device='nonsense' is not a device torch knows"),
+        ("meta", r"--device='meta': pyrovi fits on 'cpu' or 'cuda' only"),
     ],
 )
 def test_bad_device_is_refused_before_any_folder_is_made(tmp_path, device, match):
@@ -44,7 +44,7 @@ def test_bad_device_is_refused_before_any_folder_is_made(tmp_path, device, match
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_a_gpu_is_refused(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(SystemExit, match=r"--device 'cuda' was asked for but CUDA is not available"):
+    with pytest.raises(SystemExit, match=r"--device='cuda' was requested but CUDA is not available"):
         cli.main(["demo", "--out", str(out), "--device", "cuda"])
     assert not out.exists()
 
@@ -84,6 +84,6 @@ def test_console_script_prints_one_line_and_exits_2(tmp_path):
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "pyrovi demo: --device 'mps' is not supported (the demo runs on 'cpu' or 'cuda'); pass --device cpu"
+        "pyrovi demo: --device='mps': pyrovi fits on 'cpu' or 'cuda' only, not on 'mps'; pass device='cpu' or device='cuda'"
     ]
     assert os.listdir(tmp_path) == []
