@@ -48,5 +48,6 @@ def test_diagnose_auto_falls_back_to_an_estimate_for_a_kinked_model():
     fit = pyrovi.VI(m.abs_model, "fullrank", seed=0, num_steps=300, progress=False).run(y)
     diag = pyrovi.diagnose(fit, num_particles=500, seed=0, evidence="auto")
     assert diag.log_evidence_method != "exact"
+    assert "not exact" in diag.log_evidence_estimate.info["why"]  # says why it fell back
     with pytest.raises(IntractableError, match=r"site 'z'"):
         pyrovi.diagnose(fit, num_particles=100, seed=0, evidence="exact")

@@ -141,6 +141,11 @@ class Diagnostics:
             f"  ELBO            {self.elbo:14.4f} ± {self.elbo_se:.4f}",
             f"  {self.evidence_label:<16s}{self.log_evidence:14.4f} ± "
             f"{self.log_evidence_se:.4f}  ({self.log_evidence_method})",
+        ]
+        why = self.log_evidence_estimate.info.get("why")
+        if why:
+            lines.append(f"    ({why})")
+        lines += [
             f"  gap (KL)        {format_gap(self.gap, self.gap_se, self.exact_posterior):>14s}"
             + ("" if self.exact_posterior else f" ± {self.gap_se:.4f}"),
         ]
@@ -234,7 +239,7 @@ def diagnose(
     weights = result_log_weights(result, num_particles, seed=seed, chunk_size=chunk_size)
     log_w = weights.log_w
     elbo, elbo_se = mean_se(log_w)
-    estimate = None
+    estimate = fallback = None
     if isinstance(evidence, Estimate):
         estimate = evidence
     elif result.exact_posterior and evidence in ("auto", "exact"):
@@ -246,14 +251,18 @@ def diagnose(
             with result.scope():
                 try:
                     estimate = exact_log_evidence(result.model, result.args, result.kwargs)
-                except IntractableError:
+                except IntractableError as err:
                     if evidence == "exact":
                         raise
+                    fallback = f"not exact: {err}"  # said on the estimate that replaces it
     elif evidence == "ais":
         estimate = log_evidence(result, method="ais", seed=seed)
     if estimate is None:  # importance from the same draws: joint standard error of the gap
         value, se = log_mean_exp(log_w)
-        estimate = Estimate(value, se, "importance", weights.num_particles, {"ess": _ess(log_w)})
+        info_ = {"ess": _ess(log_w)}
+        if fallback is not None:
+            info_["why"] = fallback
+        estimate = Estimate(value, se, "importance", weights.num_particles, info_)
         gap, gap_se = gap_from_weights(log_w)
     else:
         gap = estimate.value - elbo
