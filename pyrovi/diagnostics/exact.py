@@ -5,7 +5,8 @@ empty guide sums every assignment out).  Linear-Gaussian (``log p(x, z)`` quadra
 unconstrained, real-valued latents): the Laplace identity
 :math:`\log p(x) = \log p(x, z^*) + \tfrac d2 \log 2\pi - \tfrac12 \log\det(-H)`
 (:mod:`pyrovi._exact`), exact for a quadratic log joint, after checking that the Hessian is
-the same at two points and that the quadratic predicts the log joint elsewhere.
+the same at two points and that the quadratic predicts the log joint elsewhere (the proof
+EM's Gaussian E-step makes too: :func:`pyrovi.em.estep.prove_quadratic`).
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ from pyrovi._exact import (
     conditioned_log_joint,
     empty_guide,
     flat_sites,
-    grad_hessian,
     is_real_support,
-    laplace_gaussian,
-    nonquadratic_site,
     site_of,
 )
 from pyrovi._model import ModelInfo, inspect_model
 from pyrovi.diagnostics.estimate import Estimate, IntractableError
+from pyrovi.em.estep import prove_quadratic
 
 __all__ = ["exact_log_evidence", "gaussian_log_evidence", "MAX_GAUSSIAN_DIM"]
 
@@ -70,16 +69,12 @@ def gaussian_log_evidence(
         raise _refuse(sites[0][0], f"is one of {d} latent dimensions; the exact Gaussian "
                                    f"evidence needs a d x d Hessian (d <= {MAX_GAUSSIAN_DIM})")
     f = conditioned_log_joint(model, args, kwargs, sites)
-    rtol = 1e-7 if z0.dtype == torch.float64 else 1e-3
-    g0, h0 = grad_hessian(f, z0)
-    try:
-        fit = laplace_gaussian(f, z0, grad=g0, hessian=h0)
+    try:  # the same proof as EM's Gaussian E-step
+        fit, bad = prove_quadratic(f, z0, sites)
     except NotConcaveError as err:
         raise _refuse(site_of(err.index, sites), "makes -Hessian of log p(x, z) not positive "
                                                  "definite (the posterior is not Gaussian)"
                       ) from None
-    bad = nonquadratic_site(f, z0, fit.mean, sites, rtol=10 * rtol, hessian0=h0, fit=fit,
-                            predict_rtol=100 * rtol)
     if bad is not None:
         raise _refuse(bad[0], f"enters log p(x, z) non-quadratically ({bad[1]})")
     return float(fit.log_evidence)

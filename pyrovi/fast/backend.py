@@ -9,8 +9,8 @@ loop with the step-size schedule and convergence rule of the SVI loop
 fitted values are left in the guide's parameters.  Neither reaches back into the driver:
 what the driver does with an interruption or a non-finite stop is its own policy.
 
-Only what the progress bar and the convergence rule need crosses to the host: the ELBO
-values of a window, once per window.
+Only what the progress display and the convergence rule need crosses to the host: the
+ELBO values of a window, once per window.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 import torch
-from tqdm.auto import tqdm
 
 from pyrovi._model import ModelInfo
+from pyrovi._progress import Progress
 from pyrovi._steps import NonFinite, Outcome, PlateauState, Settings, window_mean
 from pyrovi.fast.params import GuideParams, guide_params
 from pyrovi.fast.potential import (
@@ -202,7 +202,7 @@ def run_steps(state: StepState, step: Stepper, n: int) -> None:
         step()
 
 
-def train(plan: Plan, settings: Settings) -> Outcome:
+def train(plan: Plan, settings: Settings, progress: Progress | None = None) -> Outcome:
     """Train with the compiled step of ``plan``; return how it ended.
 
     Steps whose ELBO or gradient is not finite are skipped and recorded as NaN; more than
@@ -210,19 +210,31 @@ def train(plan: Plan, settings: Settings) -> Outcome:
     the SVI loop.  Ctrl-C stops it too (``Outcome.interrupted``).  Whatever the ending, the
     guide's parameters in the store hold the fitted values on return: after the last step,
     or after the last finite one.
+
+    ``progress`` (a :class:`~pyrovi._progress.Progress` with its stage open) is told of
+    each window when the convergence rule reads it and of a compilation before it starts;
+    without one, a bar of its own is shown when ``settings.progress`` is set.
     """
+    if progress is None:
+        progress = Progress("VI", enabled=settings.progress)
+        progress.stage("stochastic-gradient VI (compiled)")
     params, state, step = plan.params, plan.state, plan.step
     window = settings.window
     trace: list[float] = []
     plateau = PlateauState()
     interrupted = False
     nonfinite: NonFinite | None = None
-    bar = tqdm(total=settings.num_steps, disable=not settings.progress, desc="VI", leave=False)
     try:
         while len(trace) < settings.num_steps:
             done = len(trace)
             n = min(window, settings.num_steps - done)
+            compiled = step.compiled
             step.maybe_compile(done)
+            if step.compiled and not compiled:  # the next call compiles: say so first
+                progress.say(
+                    f"compiling the ELBO step with torch.compile after {done:,} steps (once; "
+                    "it can take tens of seconds)"
+                )
             run_steps(state, step, n)
             values = state.elbo[:n].tolist()  # the one host transfer per window
             if bool(state.halted):
@@ -233,19 +245,20 @@ def train(plan: Plan, settings: Settings) -> Outcome:
                 )
                 break
             trace.extend(values)
-            bar.update(n)
+            progress.advance(n)
             if n == window:
                 mean = window_mean(values)
                 plateau = settings.rule.update(plateau, mean)
                 state.lr.fill_(settings.lr * plateau.lr_scale)
-                bar.set_postfix(elbo=f"{mean:.4g}", lr=f"{settings.lr * plateau.lr_scale:.2g}")
+                progress.window(mean, mean.se, plateau, settings.rule,
+                                settings.lr * plateau.lr_scale)
                 if plateau.converged:
                     break
     except KeyboardInterrupt:
         trace.extend(state.elbo[: int(state.count) - len(trace)].tolist())
         interrupted = True
     finally:
-        bar.close()
+        progress.close()
         params.write(state.theta)  # skipped steps changed nothing: the last finite values
     return Outcome(
         trace=tuple(trace),

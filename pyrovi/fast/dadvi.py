@@ -284,7 +284,7 @@ def _neg_objective_relative(fam, log_density, eps, dim, dtype, ref):
 
 
 def _lbfgs_rounds(fam, log_density, eps, dim, dtype, theta, tol, max_iters, history,
-                  max_rounds=8, first_iters=25) -> _Run:
+                  max_rounds=8, first_iters=25, on_iter=None) -> _Run:
     """L-BFGS in ``theta``, then rounds in coordinates whitened by the current q
     (:func:`_relative`), each restarted from the last, until the gradient in the whitened
     coordinates is below ``tol`` (usually at once, or after a few iterations).
@@ -295,7 +295,8 @@ def _lbfgs_rounds(fam, log_density, eps, dim, dtype, theta, tol, max_iters, hist
     """
     f = _neg_objective(fam, log_density, eps, dim, dtype)
     # handed over to the whitened rounds as soon as progress slows
-    run = _lbfgs(f, theta, tol, min(max_iters, first_iters), history, ftol=1e-7, ftol_window=10)
+    run = _lbfgs(f, theta, tol, min(max_iters, first_iters), history, ftol=1e-7, ftol_window=10,
+                 on_iter=on_iter)
     iters = run.iters
     theta = run.theta
     trace = list(run.trace)
@@ -305,7 +306,7 @@ def _lbfgs_rounds(fam, log_density, eps, dim, dtype, theta, tol, max_iters, hist
         ref = _unpack(fam, theta, dim)
         f = _neg_objective_relative(fam, log_density, eps, dim, dtype, ref)
         z0 = torch.zeros(num_params(fam, dim), dtype=theta.dtype, device=theta.device)
-        run = _lbfgs(f, z0, tol, max(max_iters - iters, 0), history)
+        run = _lbfgs(f, z0, tol, max(max_iters - iters, 0), history, on_iter=on_iter)
         iters += run.iters
         trace += run.trace
         theta = _theta_of(fam, _relative(fam, run.theta, ref, dim)).detach()
@@ -440,7 +441,7 @@ def _value_and_grad(f):
     return vg, state
 
 
-def _lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20) -> _Run:
+def _lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20, on_iter=None) -> _Run:
     """L-BFGS (two-loop recursion, strong-Wolfe line search) to ``max |grad| <= tol``.
 
     Written out rather than ``torch.optim.LBFGS``: the same line search (torch's
@@ -516,6 +517,8 @@ def _lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20) -> _Ru
             break
         value, g = new_value, new_g
         values.append(value)
+        if on_iter is not None:  # progress display: the value is a host float already
+            on_iter(-value)
     gnorm = float(g.abs().max())
     trace = [-v for v in values[1:]]
     if flat:
@@ -725,6 +728,7 @@ def fit_dadvi(
     dtype: torch.dtype = torch.float64,
     work_dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    progress=None,
 ) -> DadviOutcome:
     r"""Fit a Gaussian family by DADVI.
 
@@ -784,6 +788,9 @@ def fit_dadvi(
     device : torch.device, optional
         Where ``theta`` and the draws live (default: ``init``'s device, else the CPU); the
         draws come from a CPU generator, so a seed gives the same draws everywhere.
+    progress : pyrovi._progress.Progress, optional
+        Told of every L-BFGS iteration (``progress.lbfgs(elbo)``) and fresh-draw check
+        (``progress.check(...)``); it reads nothing that is not on the host already.
 
     Returns
     -------
@@ -846,7 +853,8 @@ def fit_dadvi(
         f = _neg_objective(fam, counter, eps, dim, dtype)
         iters = int(min(max_iters, budget - total_iters))
         if optimizer == "lbfgs":
-            run = _lbfgs_rounds(fam, counter, eps, dim, dtype, theta, tol, iters, history)
+            run = _lbfgs_rounds(fam, counter, eps, dim, dtype, theta, tol, iters, history,
+                                on_iter=None if progress is None else progress.lbfgs)
         else:
             run = _newton(f, theta, tol, iters)
         if not math.isfinite(run.value) and run.iters == 0:
@@ -870,6 +878,8 @@ def fit_dadvi(
             )
         else:
             fresh, se, passed, allowed, n_fresh = math.nan, math.nan, False, math.nan, 0
+        if progress is not None and num_fresh > 0:
+            progress.check(m, elbo, fresh, se, passed, n_fresh)
         history_rows.append((m, elbo, fresh, se))
         if passed or num_fresh <= 0 or m >= max_draws or total_iters >= budget:
             break

@@ -30,11 +30,11 @@ import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
-from tqdm.auto import tqdm
 
 import pyrovi.fast as fast
 from pyrovi._draws import site_shapes
 from pyrovi._model import ModelInfo
+from pyrovi._progress import Progress, format_count, format_estimate
 from pyrovi._run import (
     RunState,
     guard,
@@ -120,6 +120,8 @@ class Fit:
         The run's own state: seed, device, start time, notes, interruption.
     resume_from : Checkpoint or None
         A checkpoint to continue from.
+    display : Progress
+        What the terminal shows (made by :meth:`train`).
     """
 
     vi: object
@@ -132,6 +134,7 @@ class Fit:
     vectorize: bool
     run: RunState
     resume_from: Checkpoint | None = None
+    display: Progress | None = None
 
     # ------------------------------------------------------------------- the result
     def _result(
@@ -246,6 +249,11 @@ class Fit:
             )
         if vi.optim is not None:
             return "a custom optimizer (optim=...) was given; DADVI uses its own L-BFGS"
+        if vi.tol == 0:
+            return (
+                f"tol=0 asks for exactly num_steps={vi.num_steps} stochastic-gradient steps; "
+                "DADVI stops at its own gradient tolerance"
+            )
         if vi.checkpoint is not None or self.resume_from is not None:
             return "checkpoints are written by the stochastic-gradient loop only"
         if vi.backend == "svi":
@@ -280,6 +288,7 @@ class Fit:
             num_fresh=max(self.vi.elbo_particles, 1000),  # the check needs enough draws
             max_fresh=max(16_000, self.vi.elbo_particles),
             device=theta0.device,
+            progress=self.display,
         )
         with torch.no_grad():
             dadvi.write_autoguide(self.guide, params.family, out.params, params.layout)
@@ -308,6 +317,9 @@ class Fit:
                 )
             run.notes.append(f"DADVI was not used (stochastic-gradient VI instead): {plan}")
             return None
+        self.display.stage(
+            "DADVI (L-BFGS on fixed draws, then a fresh-draw check)", unit="iter"
+        )
         try:
             out = self._train_dadvi(plan)
         except KeyboardInterrupt:
@@ -329,6 +341,7 @@ class Fit:
             run.notes.append(
                 f"DADVI {what}: {err}; stochastic-gradient VI was run from the same start"
             )
+            self.display.say(f"DADVI {what}; stochastic-gradient VI from the same start")
             return None
         note = self._dadvi_note(out)
         if out.ok or out.budget_exhausted or vi.method == "dadvi":
@@ -342,20 +355,48 @@ class Fit:
                     "would continue with stochastic-gradient VI from it.",
                     ConvergenceWarning,
                 )
-                return self._result(
+                result = self._result(
                     outcome.trace, False, final=True, backend="dadvi", dadvi_outcome=out
                 )
+                self.display.finish(self._final_line(result, outcome), result.wall_time)
+                return result
             return self._finish(outcome, "dadvi", dadvi_outcome=out)
         run.notes.append(
             f"DADVI did not reach a verified optimum ({note}; " + "; ".join(out.notes)
             + "); stochastic-gradient VI continued from DADVI's answer (warm start)"
+        )
+        self.display.say(
+            f"DADVI did not reach a verified optimum after {out.num_iters:,} L-BFGS iterations; "
+            "stochastic-gradient VI continues from its answer"
         )
         return None
 
     def train(self) -> VIResult:
         """DADVI where it applies (``method`` "auto" or "dadvi"); else stochastic-gradient
         VI on the compiled path where it applies, else on Pyro's SVI; warn if the budget
-        ran out; return the final result."""
+        ran out; return the final result.  The progress display ends with a line that
+        carries the result's numbers (or is closed on an error)."""
+        self.display = Progress(f"VI {self.vi.guide_spec.name}", enabled=self.vi.progress)
+        try:
+            return self._train()
+        finally:
+            self.display.close()
+
+    def _sgd_stage(self, backend: str, first: int = 0) -> None:
+        """Open the progress stage of stochastic-gradient VI: its description says how it
+        ends (the plateau rule, or exactly ``num_steps`` steps with ``tol=0``)."""
+        vi = self.vi
+        if vi.tol == 0:
+            desc, total = f"SGD ({backend}), fixed length (tol=0)", vi.num_steps
+        else:
+            desc = (
+                f"SGD ({backend}), until the ELBO plateaus after {vi.rule.max_reductions} lr "
+                f"cuts (at most {format_count(vi.num_steps)} steps)"
+            )
+            total = None
+        self.display.stage(desc, total=total, initial=first)
+
+    def _train(self) -> VIResult:
         vi = self.vi
         settings = self.settings()
         if vi.method != "sgd":
@@ -372,7 +413,8 @@ class Fit:
             self.run.notes.append(f"Pyro's SVI was used, not the compiled path: {plan}")
             plan = None
         if plan is not None:
-            backend, outcome = "compiled", fast.train(plan, settings)
+            self._sgd_stage("compiled")
+            backend, outcome = "compiled", fast.train(plan, settings, self.display)
         else:
             backend, outcome = "svi", self._train_svi(settings)
         return self._finish(outcome, backend)
@@ -398,7 +440,7 @@ class Fit:
                 "it converged. Raise num_steps.",
                 ConvergenceWarning,
             )
-        elif not outcome.converged:
+        elif not outcome.converged and self.vi.tol > 0:
             vi = self.vi
             warn(
                 f"VI stopped at num_steps={vi.num_steps} before the ELBO converged (tol="
@@ -416,10 +458,38 @@ class Fit:
             who="the final ELBO estimate",
             trace="ELBO trace",
         ):
-            return self._result(
+            result = self._result(
                 outcome.trace, outcome.converged, final=True, backend=backend,
                 num_skipped=outcome.num_skipped, dadvi_outcome=dadvi_outcome,
             )
+        self.display.finish(self._final_line(result, outcome), result.wall_time)
+        return result
+
+    def _final_line(self, result: VIResult, outcome: Outcome) -> str:
+        """What the fit leaves on screen: how it ended, with the result's own numbers."""
+        n = format_count(result.num_steps)
+        if result.dadvi is not None:
+            out = result.dadvi
+            check = "passed" if out.check_passed else "not passed"
+            how = (
+                f"{'converged' if result.converged else 'stopped'} after {n} L-BFGS "
+                f"iterations (DADVI, M = {out.num_draws} fixed draws, fresh-draw check {check})"
+            )
+        elif result.backend == "dadvi":  # Ctrl-C during DADVI: nothing was kept
+            how = "interrupted during DADVI (nothing fitted)"
+        else:
+            where = f"(sgd, {result.backend})"
+            if outcome.interrupted:
+                how = f"interrupted after {n} steps {where}"
+            elif result.converged:
+                how = f"converged after {n} steps {where}"
+            elif self.vi.tol == 0:
+                how = f"ran {n} steps {where}, fixed length (tol=0)"
+            else:
+                how = f"stopped at num_steps = {n} before converging {where}"
+        if result.num_skipped:
+            how += f", {format_count(result.num_skipped)} non-finite steps skipped"
+        return f"{how}, ELBO {format_estimate(result.elbo, result.elbo_se)}"
 
     def _nonfinite_error(self, bad: NonFinite, outcome: Outcome, backend: str) -> NonFiniteError:
         """The error of a non-finite stop, naming the site at fault where one is found; its
@@ -498,8 +568,7 @@ class Fit:
         known = set(state.known)
         max_norm = settings.clip_norm if settings.clip_norm is not None else math.inf
         window = settings.window
-        bar = tqdm(total=settings.num_steps, initial=first, disable=not settings.progress,
-                   desc="VI", leave=False)
+        self._sgd_stage("svi", first)
         nonfinite: NonFinite | None = None
 
         def save() -> Checkpoint:  # after the completed steps (trace entry k is step k's)
@@ -556,21 +625,20 @@ class Fit:
                         state.trace.append(-loss)
                     state.optimizer.zero_grad(set_to_none=True)
                     run.mark_rng()
+                    self.display.advance(1)  # the loss is a host float already
                     if (step + 1) % window == 0:
                         mean = window_mean(state.trace[-window:])
                         state.plateau = settings.rule.update(state.plateau, mean)
                         for group, base in zip(state.optimizer.param_groups, state.base_lrs):
                             group["lr"] = base * state.plateau.lr_scale
-                        bar.set_postfix(
-                            elbo=f"{mean:.4g}", lr=f"{settings.lr * state.plateau.lr_scale:.2g}"
-                        )
-                        bar.update(window)
+                        self.display.window(mean, mean.se, state.plateau, settings.rule,
+                                            settings.lr * state.plateau.lr_scale)
                     if vi.checkpoint is not None and (step + 1) % vi.checkpoint_every == 0:
                         write_checkpoint(run, save, at=f"step {step + 1}")
                     if state.plateau.converged:
                         break
         finally:
-            bar.close()
+            self.display.close()
         trace = state.trace if nonfinite is None else state.trace[: nonfinite.step]
         return Outcome(
             trace=tuple(trace),

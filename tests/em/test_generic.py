@@ -285,3 +285,54 @@ def test_old_keyword_and_attribute_names_still_work_with_a_deprecation_warning()
         assert new.n_iter == new.num_steps == 5
     with pytest.warns(DeprecationWarning, match=r"EMResult.n_obs is now EMResult.num_obs"):
         assert new.n_obs == new.num_obs == 60
+
+
+@pytest.mark.parametrize("link", ["abs", "relu"])
+def test_kinked_latent_that_looks_quadratic_near_the_mode_is_refused(link):
+    """abs/relu of a latent: the Hessian is the same at every point off the kink, so only
+    the quadratic's prediction far from the mode (the check the exact evidence makes,
+    shared: pyrovi.em.estep.prove_quadratic) shows that the E-step would not be exact."""
+    fn = torch.abs if link == "abs" else torch.relu
+
+    def model(x):
+        loc = pyro.param("loc", torch.tensor(0.0, dtype=torch.float64))
+        z = pyro.sample("z", dist.Normal(torch.tensor(1.0, dtype=torch.float64), 1.0))
+        with pyro.plate("n", x.shape[0]):
+            # the kink at z = -0.5: the start (z = 0) and the mode (z ~ 2) are on one side
+            pyro.sample("x", dist.Normal(fn(z + 0.5) + loc, 1.0), obs=x)
+
+    x = torch.tensor([2.5, 3.0, 3.5], dtype=torch.float64)
+    with pytest.raises(ModelError, match=r"site 'z' is a continuous latent whose log joint is "
+                       r"not quadratic \(the quadratic at the mode does not predict log p\(x, "
+                       r"z\) \d+ posterior standard deviations away.*use pyrovi.VI"):
+        EM(model, progress=False).run(x)
+
+
+def test_kink_in_one_of_two_latents_is_named():
+    def model(x):
+        loc = pyro.param("loc", torch.tensor(0.0, dtype=torch.float64))
+        a = pyro.sample("a", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+        b = pyro.sample("b", dist.Normal(torch.tensor(1.0, dtype=torch.float64), 1.0))
+        with pyro.plate("n", x.shape[0]):
+            pyro.sample("x", dist.Normal(a + torch.abs(b + 0.5) + loc, 1.0), obs=x)
+
+    x = torch.tensor([2.5, 3.0, 3.5], dtype=torch.float64)
+    with pytest.raises(ModelError, match=r"site 'b' is a continuous latent whose log joint") as info:
+        EM(model, progress=False).run(x)
+    assert info.value.site == "b"
+
+
+def test_linear_gaussian_model_still_passes_the_proof():
+    """The exact check passes a truly linear-Gaussian model, and the E-step is exact: EM's
+    log evidence equals the closed form p(x | loc) = N(x; loc + 1, I + 11^T)."""
+    def model(x):
+        loc = pyro.param("loc", torch.tensor(0.0, dtype=torch.float64))
+        z = pyro.sample("z", dist.Normal(torch.tensor(1.0, dtype=torch.float64), 1.0))
+        with pyro.plate("n", x.shape[0]):
+            pyro.sample("x", dist.Normal(z + loc, 1.0), obs=x)
+
+    x = torch.tensor([2.5, 3.0, 3.5], dtype=torch.float64)
+    res = EM(model, progress=False, num_steps=1, tol=0, seed=0).run(x)
+    cov = torch.eye(3, dtype=torch.float64) + 1.0
+    exact = dist.MultivariateNormal(torch.ones(3, dtype=torch.float64), cov).log_prob(x)
+    assert res.log_evidence_trace[0] == pytest.approx(float(exact), abs=1e-8)
