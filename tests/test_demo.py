@@ -1,6 +1,9 @@
 """`pyrovi demo`: what it writes, what it refuses, and that an interrupted run keeps its fits."""
 
+import contextlib
+import io
 import os
+import re
 
 import arviz as az
 import pytest
@@ -11,12 +14,29 @@ from pyrovi import cli, demo
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    code = cli.main(["demo", "--quick", "--out", str(out)])
-    return code, out
+    err = io.StringIO()  # the progress bars and final lines go to stderr
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["demo", "--quick", "--out", str(out)])
+    return code, out, err.getvalue()
+
+
+def test_quick_demo_shows_progress_and_a_final_line_for_every_fit(quick_run):
+    code, _, err = quick_run
+    assert code == 0
+    lines = [part.split("\r")[-1].strip() for part in err.split("\n")]
+    final = [line for line in lines if re.match(
+        r"^(VI \S+|EM): (converged|stopped|ran) .*, \d+\.\d s$", line)]
+    # mixture: EM and VB; regression: meanfield, fullrank; eight schools: the same two
+    assert len(final) == 6, final
+    assert sum(line.startswith("EM: ") for line in final) == 1
+    dadvi = [line for line in final if "L-BFGS iterations (DADVI" in line]
+    assert len(dadvi) >= 2, final  # the default method for the Gaussian families
+    assert all(re.search(r", ELBO -?\d+\.\d+ \+- ", line) for line in final if line[:2] == "VI")
+    assert "lr cut" in err or "fixed draws" in err  # the live bars showed the rule's stage
 
 
 def test_quick_demo_writes_fits_plots_and_report(quick_run, capsys):
-    code, out = quick_run
+    code, out, _ = quick_run
     assert code == 0
     files = set(os.listdir(out))
     for case in ("mixture", "regression", "eight_schools"):

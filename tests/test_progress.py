@@ -157,11 +157,12 @@ def test_em_bar_and_final_line(capsys):
     assert abs(float(m[4])) < 1e-3  # what the rule stopped on
 
 
-def test_em_tol_zero_runs_exactly_num_steps(capsys):
+@pytest.mark.parametrize("tol", [0, None])
+def test_em_tol_zero_runs_exactly_num_steps(tol, capsys):
     x = _mixture_data()
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        res = EM(gaussian_mixture_model(2), seed=0, tol=0, num_steps=7, progress=True).run(x)
+        res = EM(gaussian_mixture_model(2), seed=0, tol=tol, num_steps=7, progress=True).run(x)
     assert res.num_steps == 7 == len(res.log_evidence_trace)
     assert not res.converged
     err = capsys.readouterr().err

@@ -131,8 +131,14 @@ class CalibrationResult:
             )
         return "\n".join(lines)
 
-    def __repr__(self) -> str:
-        return self.summary()
+    def __repr__(self) -> str:  # the table is summary()
+        failed = [site for site, ok in self.passed().items() if not ok]
+        return (
+            f"CalibrationResult(guide={self.guide!r}, {self.num_simulations} simulations x "
+            f"{self.num_draws} draws, {int(self.converged.sum())} converged, sites passed at "
+            f"0.05: {len(self.sites) - len(failed)} of {len(self.sites)}"
+            + (f", failed: {failed}" if failed else "") + "; summary() for the table)"
+        )
 
     # ------------------------------------------------------------------- export
     def to_arviz_dict(self) -> dict[str, np.ndarray]:

@@ -99,6 +99,13 @@ class SiteErrorBounds:
     def relative_sd_error(self) -> torch.Tensor:
         return self.sd_error / self.q_sd
 
+    def __repr__(self) -> str:
+        return (
+            f"SiteErrorBounds(shape={tuple(self.q_mean.shape)}, max |mean err| <= "
+            f"{float(self.mean_error.max()):.4g} ({float(self.relative_mean_error.max()):.2f} "
+            f"sd), max |sd err| <= {float(self.sd_error.max()):.4g}, gaussian={self.gaussian})"
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class ErrorBounds:
@@ -150,6 +157,12 @@ class ErrorBounds:
 
     def max_relative_sd_error(self) -> float:
         return max(float(s.relative_sd_error.max()) for s in self.sites.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"ErrorBounds(d2 <= {self.d2:.4g}, w2 <= {self.w2:.4g}, sites={list(self.sites)}, "
+            f"lower={self.lower_source!r}, khat={self.khat:.2f}, reliable={self.reliable})"
+        )
 
     def __str__(self) -> str:
         lines = [f"Error bounds from CUBO_2 and a lower bound on log p(x) ({self.lower_source}; "

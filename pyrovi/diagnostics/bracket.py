@@ -143,6 +143,9 @@ class Bracket:
         width = self.width
         return (value - self.lower) / width if width > 0 else math.nan
 
+    def __repr__(self) -> str:
+        return f"Bracket({self})"
+
     def __str__(self) -> str:
         lo = "bound" if self.lower_is_bound else "estimate"
         hi = "bound" if self.upper_is_bound else "estimate"

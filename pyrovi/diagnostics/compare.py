@@ -97,8 +97,9 @@ class ComparisonTable:
         rule = "  ".join("-" * w for w in widths)
         return "\n".join([line(headers), rule] + [line(r) for r in cells])
 
-    def __repr__(self) -> str:
-        return f"ComparisonTable({len(self.rows)} fits)\n{self}"
+    def __repr__(self) -> str:  # the table itself is str(table), or HTML in a notebook
+        names = [r["name"] for r in self.rows]
+        return f"ComparisonTable({len(self.rows)} fits: {names}; print() it for the table)"
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in COLUMNS.values())

@@ -135,6 +135,17 @@ class Diagnostics:
                 return bound
         raise KeyError(f"L_K for K={k} was not computed; available: {[b.k for b in self.iwae]}")
 
+    def __repr__(self) -> str:
+        khat = (f"khat={self.khat:.3g} ({self.khat_verdict}), ess={self.ess:.0f}"
+                if self.khat_applies else "khat=- (exact posterior)")
+        gap = format_gap(self.gap, self.gap_se, self.exact_posterior)
+        return (
+            f"Diagnostics(family={self.family!r}, elbo={self.elbo:.4f} ± {self.elbo_se:.2g}, "
+            f"log_evidence={self.log_evidence:.4f} ± {self.log_evidence_se:.2g} "
+            f"({self.log_evidence_method}), gap={gap}, {khat}, "
+            f"num_particles={self.num_particles})"
+        )
+
     def __str__(self) -> str:
         lines = [
             f"Diagnostics of a {self.family!r} fit ({self.num_particles} draws from q)",

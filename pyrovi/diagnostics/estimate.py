@@ -40,6 +40,10 @@ class Estimate:
     num_particles: int
     info: dict = dataclasses.field(default_factory=dict, compare=False)
 
+    def __repr__(self) -> str:
+        return (f"Estimate(value={self.value:.6g}, se={self.se:.3g}, method={self.method!r}, "
+                f"num_particles={self.num_particles})")
+
     def __str__(self) -> str:
         se = "" if self.method == "exact" else f" ± {self.se:.4g}"
         return f"log p(x) = {self.value:.6g}{se} ({self.method}, {self.num_particles} draws)"

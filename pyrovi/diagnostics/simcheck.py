@@ -165,6 +165,12 @@ class EvidenceCheck:
                 r.bracket.position(r.importance) for r in self.rows)[0],
         }
 
+    def __repr__(self) -> str:
+        coverage = self.coverage
+        cov = "-" if coverage is None else f"{coverage:.2f}"
+        return (f"EvidenceCheck(method={self.method!r}, {len(self.rows)} simulations, "
+                f"coverage={cov}, mean_width={self.mean_width:.4g})")
+
     def __str__(self) -> str:
         lines = [f"Evidence check of {self.method!r} on {len(self.rows)} simulated data sets "
                  "(bracket = forward AIS .. reverse AIS from the true latents)",

@@ -57,6 +57,14 @@ class LogWeights:
     num_particles: int
     vectorized: bool
 
+    def __repr__(self) -> str:
+        w = self.log_w
+        finite = w[torch.isfinite(w)]
+        rng = (f"log_w in [{float(finite.min()):.4g}, {float(finite.max()):.4g}]"
+               if finite.numel() else "no finite log_w")
+        return (f"LogWeights(num_particles={self.num_particles}, {rng}, "
+                f"vectorized={self.vectorized})")
+
 
 def _chunks(n: int, size: int):
     while n > 0:

@@ -126,10 +126,10 @@ class EM:
         Maximum EM iterations per restart (default 100); ``num_steps`` as in
         :class:`pyrovi.VI` (the old name ``num_iters=`` still works, with a
         ``DeprecationWarning``).
-    tol : float
+    tol : float or None
         Convergence threshold (>= 0) on the change of the log evidence *per observation*
-        between iterations, as scikit-learn's ``tol``; ``0`` runs exactly ``num_steps``
-        iterations and does not warn.
+        between iterations, as scikit-learn's ``tol``; ``0`` (or ``None``) runs exactly
+        ``num_steps`` iterations and does not warn.
     num_inits : int
         Number of restarts (old name ``n_init=``); restart ``i`` is seeded with
         ``seed + i`` (the parameters' initial values are drawn inside that seed); the one
@@ -189,6 +189,8 @@ class EM:
         if not callable(model):
             raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
         check_positive("num_steps", num_steps, integer=True)
+        if tol is None:  # as in VI: a fixed number of iterations
+            tol = 0.0
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (
             0 <= tol < math.inf
         ):

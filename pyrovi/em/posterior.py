@@ -72,6 +72,11 @@ class GaussianPosterior:
     covariance: torch.Tensor
     sites: tuple
 
+    def __repr__(self) -> str:
+        blocks, m = tuple(self.mean.shape)
+        sites = [name for name, _ in self.sites]
+        return f"GaussianPosterior(sites={sites}, {blocks} block(s) of {m} dimension(s))"
+
     @property
     def scale_tril(self) -> torch.Tensor:
         """Lower Cholesky factors of ``covariance``, shape ``(B, m, m)``."""
@@ -140,6 +145,10 @@ class DiscretePosterior:
 
     marginals: dict
     factorized: bool = False
+
+    def __repr__(self) -> str:
+        shapes = {name: tuple(p.shape) for name, p in self.marginals.items()}
+        return f"DiscretePosterior(marginals of shape {shapes}, factorized={self.factorized})"
 
 
 def particle_dim(trace, max_plate_nesting: int) -> int:

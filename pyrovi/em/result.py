@@ -96,6 +96,15 @@ class EMResult(FitResult):
     m_step: str = "generic"
     log_evidence_inits: tuple = ()
 
+    def __repr__(self) -> str:
+        inits = f", best_init={self.best_init} of {len(self.log_evidence_inits)}" if len(
+            self.log_evidence_inits) > 1 else ""
+        return (
+            f"EMResult(log_evidence={self.log_evidence:.6g}, num_steps={self.num_steps}, "
+            f"converged={self.converged}{inits}, m_step={self.m_step!r}, "
+            f"latent_sites={list(self.latent_sites)}, params={sorted(self.params)})"
+        )
+
     @property
     def n_iter(self) -> int:
         """Deprecated name of :attr:`num_steps` (one name across VI and EM)."""

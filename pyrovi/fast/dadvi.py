@@ -685,6 +685,14 @@ class DadviOutcome:
         """Converged and the fresh-draw check passed."""
         return self.converged and self.check_passed
 
+    def __repr__(self) -> str:  # short: the fields hold tensors (params, theta, draws)
+        return (
+            f"DadviOutcome(family={self.family!r}, elbo={self.elbo:.4f}, fresh="
+            f"{self.elbo_fresh:.4f} ± {self.elbo_fresh_se:.2g}, M={self.num_draws}, "
+            f"num_iters={self.num_iters}, converged={self.converged}, "
+            f"check_passed={self.check_passed})"
+        )
+
 
 def _init_theta(fam, dim, init_loc, init_scale, generator, work, device) -> torch.Tensor:
     rank = fam.rank
