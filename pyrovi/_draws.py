@@ -95,6 +95,11 @@ class Draws:
     values: dict
     log_q: torch.Tensor
 
+    def __repr__(self) -> str:  # short: the fields are tensors
+        shapes = {name: tuple(v.shape) for name, v in self.values.items()}
+        n = self.log_q.shape[0] if self.log_q.dim() else 1
+        return f"Draws(n={n}, values of shape {shapes})"
+
 
 def _guide_log_q(trace: poutine.Trace) -> torch.Tensor:
     """log q of one unbatched guide trace (auxiliary sites and Jacobians included)."""

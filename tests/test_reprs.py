@@ -40,6 +40,9 @@ def test_vi_result_and_dadvi_outcome(fits):
     _short(text)
     assert text.startswith("VIResult(family='meanfield', elbo=")
     assert f"num_steps={sgd.num_steps}" in text and "backend='compiled'" in text
+    text = repr(sgd.posterior_draws(7, seed=0))
+    _short(text)
+    assert text == "Draws(n=7, values of shape {'mu': (7,)})"
     text = repr(dadvi.dadvi)
     _short(text)
     assert text.startswith("DadviOutcome(family='meanfield', elbo=")
