@@ -120,6 +120,18 @@ def test_em_parameters_read_back_equal_the_result(gmm):
             np.testing.assert_array_equal(params[name].sel(chain=chain), value.numpy())
 
 
+def test_em_parameters_read_back_from_netcdf_equal_the_result(gmm, tmp_path):
+    result, _ = gmm
+    pyrovi.save_netcdf(result.to_arviz(40), tmp_path / "em.nc")
+    back = pyrovi.load_netcdf(tmp_path / "em.nc")
+    assert "fitted_params" in group_names(back)
+    for name, value in result.params.items():
+        stored = back.fitted_params[name]
+        assert stored.dtype == value.numpy().dtype
+        for chain in range(stored.sizes["chain"]):
+            np.testing.assert_array_equal(stored.sel(chain=chain), value.numpy())
+
+
 def test_vi_exports_the_model_params_not_the_guide_params():
     def model(x):
         loc = pyro.param("loc", torch.tensor(0.0))
