@@ -66,7 +66,8 @@ def concat_chains(a, b):
     for name in a.children:
         first = a[name].to_dataset()
         if "chain" in first.dims:
-            both = xr.concat([first, b[name].to_dataset()], dim="chain")
+            # join="outer": traces of different lengths padded with NaN, as az.concat does
+            both = xr.concat([first, b[name].to_dataset()], dim="chain", join="outer")
             groups[name] = both.assign_coords(chain=np.arange(both.sizes["chain"]))
         else:
             groups[name] = first
