@@ -29,32 +29,9 @@ def _clean_pyro_state():
 # ArviZ backend (the test itself or an example still uses an ArviZ 0.2x API). Each is marked
 # xfail there (not strict: a fix shows as XPASS; then delete its entry here) with the cause
 # and the fix. "norun" entries are not run at all: they fail only after minutes of work.
-_ARVIZ1_GROUPS = ("a DataTree's groups is a property (a tuple of paths), not a method: "
-                  "use the children's names (list(idata.children)) on ArviZ 1.x")
+# The ArviZ export tests (tests/arviz) run and assert on both lines through
+# tests/arviz/_lines.py; what is left here is test or example code of other areas.
 _ARVIZ1_XFAIL = {
-    "tests/arviz/test_arviz_functions.py::test_plot_posterior_and_trace":
-        "az.plot_posterior is gone in ArviZ 1.x (arviz-plots: az.plot_dist, az.plot_trace, "
-        "az.plot_trace_dist), and plots return a PlotCollection, not axes",
-    "tests/arviz/test_arviz_functions.py::test_plot_forest":
-        "az.plot_forest returns a PlotCollection in ArviZ 1.x, not an array of axes",
-    "tests/arviz/test_arviz_functions.py::test_loo_and_compare_across_guide_families":
-        "arviz-stats' ELPDData has elpd / p, not elpd_loo / p_loo (az.compare: 'elpd')",
-    "tests/arviz/test_arviz_functions.py::test_netcdf_round_trip_loses_nothing": _ARVIZ1_GROUPS,
-    "tests/arviz/test_errors.py::test_log_likelihood_without_observed_sites": _ARVIZ1_GROUPS,
-    "tests/arviz/test_groups.py::test_groups_and_attributes": _ARVIZ1_GROUPS,
-    "tests/arviz/test_completeness.py::test_concat_along_chain":
-        "ArviZ 1.x has no az.concat (xarray.concat on the DataTree's groups instead)",
-    "tests/arviz/test_completeness.py::test_to_dataframe_and_extract":
-        "a DataTree has no to_dataframe (group.to_dataframe() on 1.x)",
-    "tests/arviz/test_completeness.py::test_attributes_are_plain_values_in_memory": _ARVIZ1_GROUPS,
-    "tests/arviz/test_completeness.py::test_reserved_names_are_renamed_with_a_warning":
-        _ARVIZ1_GROUPS,
-    "tests/arviz/test_completeness.py::test_subsampled_local_latents_say_why_not":
-        _ARVIZ1_GROUPS,
-    "tests/arviz/test_completeness.py::test_corrected_loo_flags_fewer_bad_k_on_eight_schools":
-        "arviz-stats' ELPDData has elpd / p, not elpd_loo / p_loo",
-    "tests/arviz/test_completeness.py::test_corrected_loo_equals_plain_loo_on_an_exact_posterior":
-        "arviz-stats' ELPDData has elpd / p, not elpd_loo / p_loo",
     "tests/calibration/test_calibration.py::test_to_xarray_and_arviz_dict":
         "az.from_dict takes the groups as one dict in ArviZ 1.x: "
         "az.from_dict({'posterior': arrays}, dims=...)",

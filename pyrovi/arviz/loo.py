@@ -12,7 +12,15 @@ which :func:`loo` smooths with PSIS as ``arviz.loo`` smooths :math:`1 / p(x_i \m
 For exact posterior draws (an EM export, where ``lp - log_q`` is the same at every draw)
 the two agree.  ArviZ 1.x offers the same estimator as
 ``arviz_stats.loo_approximate_posterior(dt, dt.sample_stats.lp, dt.sample_stats.log_q)``,
-which :func:`loo` calls there.
+which :func:`loo` calls there.  On ArviZ 0.2x, which lacks it, :func:`loo` computes it
+with ``arviz.psislw`` the way arviz-stats (and R's ``loo``) do: relative efficiency 1 (the
+draws are independent), ``p_loo`` the plain mean ``lppd`` over the draws less
+``elpd_loo``, ``se`` from the sample variance (``ddof=1``) of the pointwise values.  The
+lines then differ only in how many of the largest ratios PSIS smooths
+(``ceil(min(S/5, 3 sqrt(S)))`` on 0.2x, ``floor(3 sqrt(S))`` for ``S > 225`` in
+arviz-stats): they give the same numbers where the two agree (S = 400, 900, 1600, ...) and
+differ far below ``se`` elsewhere (``tests/arviz/test_loo.py`` checks both lines against
+one computation by hand).
 """
 
 from __future__ import annotations
@@ -88,7 +96,9 @@ def loo(data, *, pointwise: bool = True, var_name: str | None = None, reff: floa
     var_name : str, optional
         The ``log_likelihood`` variable (needed when there are several).
     reff : float, optional
-        Relative efficiency of the draws; as ``arviz.loo`` computes it by default.
+        Relative efficiency of the draws.  The default is 1: pyrovi's draws of q are
+        independent (its chains are a split of i.i.d. draws), and ArviZ 1.x's
+        ``loo_approximate_posterior`` uses 1.  Another value is taken on ArviZ 0.2x only.
 
     Returns
     -------
@@ -101,15 +111,25 @@ def loo(data, *, pointwise: bool = True, var_name: str | None = None, reff: floa
     Raises
     ------
     PyroviError
-        When the data lack the log-likelihood, ``lp`` or ``log_q`` (a point-mass fit).
+        When the data lack the log-likelihood, ``lp`` or ``log_q`` (a point-mass fit), or
+        when ``reff`` is not 1 on ArviZ 1.x.
     """
     data, var_name = _export(data, var_name)
-    if arviz_line() == 1:  # pragma: no cover - ArviZ 1.x
+    exact = data["posterior"].attrs.get("inference_method") == "expectation_maximization"
+    if arviz_line() == 1:
+        if reff is not None and reff != 1.0:
+            raise PyroviError(
+                f"reff={reff!r}: ArviZ 1.x's loo_approximate_posterior smooths with relative "
+                "efficiency 1 and takes no reff; leave reff unset (pyrovi's draws are "
+                "independent), or use arviz.loo(data, reff=...) for the uncorrected LOO."
+            )
         from arviz_stats import loo_approximate_posterior
 
+        stats = data["sample_stats"]
+        # exact posterior draws (EM): no correction, as below for ArviZ 0.2x
+        log_p = stats["log_q"] if exact else stats["lp"]
         return loo_approximate_posterior(
-            data, data["sample_stats"]["lp"], data["sample_stats"]["log_q"],
-            pointwise=pointwise, var_name=var_name,
+            data, log_p, stats["log_q"], pointwise=pointwise, var_name=var_name,
         )
     import arviz as az
     from arviz.stats.stats_utils import ELPDData
@@ -125,7 +145,7 @@ def loo(data, *, pointwise: bool = True, var_name: str | None = None, reff: floa
     flat = values.reshape(-1, n_samples)
     n_data_points = flat.shape[0]
     lw = np.asarray(log_weight.values, dtype=np.float64)
-    if data["posterior"].attrs.get("inference_method") == "expectation_maximization":
+    if exact:
         # exact posterior draws: lp - log_q is the log evidence at every draw, up to the
         # rounding of its two terms; the ratios are those of arviz.loo exactly
         lw = np.zeros_like(lw)
@@ -134,21 +154,16 @@ def loo(data, *, pointwise: bool = True, var_name: str | None = None, reff: floa
             "lp - log_q is not finite at some draws; the draws cannot be importance-weighted"
         )
     if reff is None:
-        post = data["posterior"]
-        if len(post.chain) == 1:
-            reff = 1.0
-        else:
-            ess_p = az.ess(post, method="mean")
-            reff = np.hstack([ess_p[v].values.flatten() for v in ess_p.data_vars]).mean()
-            reff = reff / n_samples
+        reff = 1.0  # independent draws; what ArviZ 1.x's loo_approximate_posterior uses
     ratios = lw[None, :] - flat
     smoothed, pareto_k = az.psislw(ratios, reff)
     loo_i = _logsumexp(smoothed + flat)
-    # the importance-weighted log pointwise predictive density (self-normalized p/q)
-    lw_norm = lw - _logsumexp(lw)
-    lppd = float(np.sum(_logsumexp(lw_norm[None, :] + flat)))
+    # lppd as arviz-stats and R's loo compute it for approximate-posterior draws: the plain
+    # mean of p(x_i | z_s) over the draws
+    lppd = float(np.sum(_logsumexp(flat) - np.log(n_samples)))
     elpd = float(loo_i.sum())
-    se = float((n_data_points * np.var(loo_i)) ** 0.5)
+    # sqrt(n) times the sample sd of loo_i (ddof=1), as arviz-stats and R's loo have it
+    se = float((n_data_points * np.var(loo_i, ddof=1)) ** 0.5)
     p_loo = lppd - elpd
     good_k = min(1 - 1 / np.log10(n_samples), 0.7)
     warn_mg = bool(np.any(pareto_k > good_k))
