@@ -223,6 +223,42 @@ def _verdict(name: str, results: dict, table) -> str:
     return "; ".join(words)
 
 
+def _bracket_options(result, quick: bool):
+    """Bidirectional AIS for the report: VI fits with continuous latents only (an exact
+    posterior needs none; enumerated discrete latents have no flat density to anneal)."""
+    import pyrovi
+
+    if result.kind != "vi" or result.enumerated_sites or not result.has_density:
+        return False
+    return pyrovi.AIS(num_temperatures=30 if quick else 200, num_runs=4 if quick else 8)
+
+
+def _bounds_line(label: str, diag) -> str:
+    """One fit's bracket, error bounds and verdict for the report, each number said to be
+    a bound or an estimate."""
+    parts = []
+    b = diag.bracket
+    if b is not None:
+        upper = "bound" if b.upper_is_bound else "estimate"
+        parts.append(f"{diag.evidence_label} in [{b.lower:.3f} ± {b.lower_se:.3f} (bound), "
+                     f"{b.upper:.3f} ± {b.upper_se:.3f} ({upper})] by bidirectional AIS")
+    elif diag.exact_posterior:
+        parts.append(f"{diag.evidence_label} exact (q is the exact posterior)")
+    else:
+        parts.append("no bracket (enumerated discrete latents)")
+    eb = diag.error_bounds
+    if eb is not None:
+        trust = "reliable" if eb.reliable else "not reliable: k-hat >= 0.5"
+        parts.append(f"|mean error| <= {eb.max_relative_mean_error():.2f} sd, |sd error| <= "
+                     f"{eb.max_relative_sd_error():.2f} sd of q (bounds, {trust})")
+    elif diag.bounds_note:
+        parts.append(f"no error bounds ({diag.bounds_note})")
+    text = f"- `{label}`: " + "; ".join(parts)
+    if diag.verdict is not None:
+        text += f". *{diag.verdict.sentence}*"
+    return text
+
+
 def _run_case(case: DemoCase, out: str, *, quick: bool, seed: int, device) -> list[str]:
     """Fit one case, write its netCDF files (each right after its diagnosis) and plots,
     print its table and verdict; return its section of the report."""
@@ -241,6 +277,7 @@ def _run_case(case: DemoCase, out: str, *, quick: bool, seed: int, device) -> li
         diags[label] = pyrovi.diagnose(
             result, num_particles=particles, seed=seed,
             evidence=evidence if evidence is not None else "auto",
+            bracket=_bracket_options(result, quick),
         )
         fname = f"{case.name}_{label.split(' ')[0].replace(':', '')}.nc"
         idata = result.to_arviz(200 if quick else 500, seed=seed, diagnostics=diags[label])
@@ -258,6 +295,8 @@ def _run_case(case: DemoCase, out: str, *, quick: bool, seed: int, device) -> li
     plt.close(ax.figure)
     return [
         f"## {case.title}", "", "```", str(table), "```", "", f"**Verdict:** {verdict}", "",
+        "Bounds and estimates, fit by fit:", "",
+        *(_bounds_line(label, diags[label]) for label in results), "",
         f"![ELBO traces]({case.name}_elbo.png)", f"![gap]({case.name}_gap.png)", "",
     ]
 

@@ -47,8 +47,20 @@ def test_quick_demo_writes_fits_plots_and_report(quick_run, capsys):
     idata = az.from_netcdf(out / "regression_fullrank.nc")
     assert idata.posterior["w"].shape == (4, 50, 10)  # 200 i.i.d. draws as 4 chains
     assert "diagnostics_gap" in idata.vi_trace.attrs
+    bracket = idata.vi_trace.attrs["diagnostics_bracket"]  # encoded on write
+    assert "pyrovi-json:" in bracket and '"lower_is": "bound"' in bracket
+    assert idata.error_bounds["w"].dims == ("bound", "w_dim_0")
     report = (out / "report.md").read_text()
     assert report.count("**Verdict:**") == 3
+    # each fit's bracket, error bounds and verdict, said to be bounds or estimates
+    assert report.count("Bounds and estimates, fit by fit:") == 3
+    for label in ("meanfield", "fullrank"):
+        line = next(r for r in report.splitlines() if r.startswith(f"- `{label}`: log p(x)"))
+        assert "(bound), " in line and "by bidirectional AIS" in line
+    assert report.count("sd of q (bounds, ") >= 4
+    assert "- `em (diag GMM)`: log p(x | theta) exact (q is the exact posterior)" in report
+    assert "- `vb meanfield`: no bracket (enumerated discrete latents)" in report
+    assert report.count("*Means: ") + report.count("*Means, sds and tails: trust") == 6
     assert "regression_gap.png" in report
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from pyrovi.errors import PyroviError
 
 __all__ = ["JSON_PREFIX", "MAX_DEPTH", "encode_attrs", "decode_attrs", "encode_value",
-           "decode_value", "plain_attrs"]
+           "decode_value", "plain_attrs", "bounds_attrs"]
 
 #: Prefix of attribute strings that hold a JSON-encoded value.
 JSON_PREFIX = "pyrovi-json:"
@@ -230,3 +230,50 @@ def decode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
         levels deep; the message names the attribute.
     """
     return {key: decode_value(str(key), value) for key, value in attrs.items()}
+
+
+def bounds_attrs(diagnostics: Any) -> dict[str, Any]:
+    """The bracket, CUBO, error-bound summary and verdict of a diagnosis as plain values:
+    the attributes ``diagnostics_bracket``, ``diagnostics_cubo``,
+    ``diagnostics_error_bounds`` (dicts), ``diagnostics_verdict`` (the sentence) and
+    ``diagnostics_trust`` (``{"means", "sds", "tails"}``: True, False or None), each present
+    only when the diagnosis holds it.  Every dict says which of its numbers are bounds and
+    which estimates (keys ``lower_is``, ``upper_is``, ``is``).
+
+    ``diagnostics`` is pyrovi's ``Diagnostics`` (its ``bracket``, ``cubo``,
+    ``error_bounds`` and ``verdict`` fields); a mapping or another dataclass without them
+    gives ``{}``.
+    """
+    get = (diagnostics.get if isinstance(diagnostics, Mapping)
+           else lambda k: getattr(diagnostics, k, None))
+    out: dict[str, Any] = {}
+    b = get("bracket")
+    if b is not None:
+        out["diagnostics_bracket"] = {
+            "lower": b.lower, "lower_se": b.lower_se, "lower_is": "bound",
+            "upper": b.upper, "upper_se": b.upper_se,
+            "upper_is": "bound" if b.upper_is_bound else "estimate",
+            "width": b.width, "num_temperatures": b.num_temperatures,
+            "num_chains": b.num_chains, "method": b.method,
+        }
+    c = get("cubo")
+    if c is not None:
+        out["diagnostics_cubo"] = {
+            "value": c.value, "se": c.se, "order": c.order, "num_particles": c.num_particles,
+            "is": "estimate of an upper bound on log p(x) (biased low)",
+        }
+    eb = get("error_bounds")
+    if eb is not None:
+        out["diagnostics_error_bounds"] = {
+            "d2": eb.d2, "w2": eb.w2, "lower_source": eb.lower_source, "khat": eb.khat,
+            "reliable": eb.reliable, "num_particles": eb.num_particles, "z": eb.z,
+            "max_relative_mean_error": eb.max_relative_mean_error(),
+            "max_relative_sd_error": eb.max_relative_sd_error(),
+            "is": "bounds on |q - posterior| (estimated from draws of q; trusted when "
+                  "reliable: k-hat < 0.5); per site in the error_bounds group",
+        }
+    v = get("verdict")
+    if v is not None:
+        out["diagnostics_verdict"] = v.sentence
+        out["diagnostics_trust"] = {"means": v.means, "sds": v.sds, "tails": v.tails}
+    return plain_attrs(out)

@@ -30,7 +30,7 @@ from pyrovi._result import FitResult
 from pyrovi._runtime import check_positive, resolve_seed, warn
 from pyrovi._version import __version__
 from pyrovi.arviz.adapters import adapter_for
-from pyrovi.arviz.attrs import plain_attrs
+from pyrovi.arviz.attrs import bounds_attrs, plain_attrs
 from pyrovi.arviz.backend import make_container, make_dataset
 from pyrovi.arviz.dims import default_dims, resolve_layout, site_dims
 from pyrovi.errors import ModelWarning, PyroviError
@@ -140,8 +140,14 @@ class ResultConverter:
         self.num_chains = num_chains
         self.seed = result.seed if seed is None else resolve_seed(seed)
         self.diagnostics = None
+        self.bounds = {}
+        self.site_bounds = None
         if diagnostics is not None:
             self.diagnostics = _scalar_fields(diagnostics, "diagnostics")
+            self.bounds = bounds_attrs(diagnostics)
+            eb = (None if isinstance(diagnostics, Mapping)
+                  else getattr(diagnostics, "error_bounds", None))
+            self.site_bounds = eb
         self.prediction_args = _prediction_arguments(predictions)
         # the inspection's draws are thrown away: the caller's random state is left alone
         with torch.random.fork_rng(), result.scope(), torch.no_grad():
@@ -639,10 +645,39 @@ class ResultConverter:
         extra = a.trace_attrs()
         if self.diagnostics is not None:
             extra.update({f"diagnostics_{k}": v for k, v in self.diagnostics.items()})
+            extra.update(self.bounds)
         layout = ({var: ["chain", dim]},
                   {"chain": np.arange(self.num_chains), dim: np.arange(len(values))})
         return self._dataset(
             {var: self._per_chain(values)}, sample=False, attrs=extra, layout=layout
+        )
+
+    #: Coordinates of the ``bound`` dimension of the ``error_bounds`` group.
+    BOUND_FIELDS = ("q_mean", "q_sd", "mean_error", "sd_error", "w2")
+
+    def error_bounds_to_xarray(self):
+        """Per-site error bounds of a diagnosis (``diagnostics=`` with error bounds): one
+        variable per latent site, dims ``bound, *site dims``, ``bound`` =
+        ``q_mean, q_sd, mean_error, sd_error, w2`` (constrained space); the summary and
+        whether they are reliable in the attributes.  Sites of a sequential plate stay one
+        variable per member here."""
+        eb = self.site_bounds
+        if eb is None or not eb.sites:
+            return None
+        data = {k: np.stack([_numpy(getattr(site, f)) for f in self.BOUND_FIELDS])
+                for k, site in eb.sites.items()}
+        dims, coords = self.layout.for_vars({k: v.shape[1:] for k, v in data.items()})
+        dims = {k: ["bound", *v] for k, v in dims.items()}
+        coords = {**coords, "bound": list(self.BOUND_FIELDS)}
+        rename = self.names
+        attrs = {**self.attrs(), **self.bounds.get("diagnostics_error_bounds", {})}
+        return make_dataset(
+            {rename.get(k, k): v for k, v in data.items()},
+            coords=coords,
+            dims={rename.get(k, k): v for k, v in dims.items()},
+            sample=False,
+            attrs=attrs,
+            library=pyro,
         )
 
     @property
@@ -666,6 +701,7 @@ class ResultConverter:
             "predictions_constant_data": self.predictions_constant_data_to_xarray(),
             "fitted_params": self.fitted_params_to_xarray(),
             self.trace_group: self.trace_to_xarray(),
+            "error_bounds": self.error_bounds_to_xarray(),
         }
         return make_container({k: v for k, v in groups.items() if v is not None})
 
@@ -787,7 +823,13 @@ def to_arviz(
         ``seed + 1``, ``seed + 2`` and ``seed + 3``.
     diagnostics : dataclass or mapping, optional
         A diagnosis of ``result`` (for instance pyrovi's ``Diagnostics``): its scalar fields
-        are stored as attributes ``diagnostics_<field>`` of the optimization group.
+        are stored as attributes ``diagnostics_<field>`` of the optimization group, and
+        so are, from a ``Diagnostics``, its bracket, CUBO and error-bound summary
+        (``diagnostics_bracket``, ``diagnostics_cubo``, ``diagnostics_error_bounds``:
+        dicts that say which numbers are bounds and which estimates), its verdict
+        (``diagnostics_verdict``, ``diagnostics_trust``); its per-site error bounds become
+        the group ``error_bounds`` (one variable per latent site, dims
+        ``bound, *site dims``).
 
     Returns
     -------
@@ -802,7 +844,8 @@ def to_arviz(
         model's tensor arguments by parameter name); ``fitted_params`` (the model's
         ``pyro.param`` values, dims ``chain, *param dims``); and ``vi_trace`` (variable
         ``elbo``, dims ``chain, step``) or ``em_trace`` (variable ``log_evidence``, dims
-        ``chain, iteration``).  Every group carries the attributes ``inference_method``,
+        ``chain, iteration``); ``error_bounds`` with a diagnosis that has them.  Every
+        group carries the attributes ``inference_method``,
         ``guide_family``, ``num_steps``, ``seed``, ``converged``, ``num_samples``,
         ``num_chains``, ``pyrovi_version``, ``pyro_version`` and ``torch_version`` as
         plain Python values; ``pyrovi.save_netcdf`` encodes those netCDF cannot store.

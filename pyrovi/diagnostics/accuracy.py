@@ -63,7 +63,7 @@ from pyrovi.diagnostics.estimate import Estimate
 from pyrovi.families import lookup
 
 __all__ = ["SiteErrorBounds", "ErrorBounds", "divergence_bound", "coordinate_bounds",
-           "error_bounds", "error_bounds_from_draws"]
+           "error_bounds", "error_bounds_from_draws", "gaussian_sites", "lower_from"]
 
 @dataclasses.dataclass(frozen=True)
 class SiteErrorBounds:
@@ -288,7 +288,15 @@ def _gaussian_family(family: str) -> bool:
     return record is not None and record.gaussian
 
 
-def _lower_from(log_evidence):
+def gaussian_sites(result, trace, names) -> dict:
+    """Site -> whether the fit's q is Gaussian in that site's (constrained) coordinates: a
+    Gaussian family on a site whose support is the whole real line (``trace``: a trace of
+    the model, for the supports)."""
+    gauss_family = _gaussian_family(str(result.family))
+    return {k: gauss_family and is_real_support(trace.nodes[k]["fn"].support) for k in names}
+
+
+def lower_from(log_evidence):
     """(value, se, source) of a lower side: None, float (exact), Estimate or Bracket."""
     if log_evidence is None:
         return None, 0.0, "elbo"
@@ -334,7 +342,7 @@ def error_bounds(result, *, num_particles: int = 10_000, seed: int | None = None
     if not result.has_density:
         raise ValueError(f"a {result.family!r} fit has no density; error bounds need a guide "
                          "with one (fit 'laplace' for a Gaussian at the MAP)")
-    lower, lower_se, source = _lower_from(log_evidence)
+    lower, lower_se, source = lower_from(log_evidence)
     seed = resolve_seed(seed)
     draws = result.posterior_draws(num_particles, seed=seed)
     with result.scope(), torch.no_grad():
@@ -342,9 +350,7 @@ def error_bounds(result, *, num_particles: int = 10_000, seed: int | None = None
         log_p = result.log_joint(draws.values)
         trace = poutine.trace(result.model).get_trace(*result.args, **result.kwargs)
     log_w = log_p.to(torch.float64) - draws.log_q.to(torch.float64)
-    gauss_family = _gaussian_family(str(result.family))
-    gaussian = {k: gauss_family and is_real_support(trace.nodes[k]["fn"].support)
-                for k in draws.values}
+    gaussian = gaussian_sites(result, trace, draws.values)
     return error_bounds_from_draws(draws.values, log_w, log_evidence_lower=lower,
                                    log_evidence_lower_se=lower_se, lower_source=source,
                                    gaussian=gaussian, z=z)

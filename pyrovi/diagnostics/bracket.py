@@ -17,14 +17,11 @@ Exact posterior draws exist for simulated data: draw :math:`z \sim p(z)`, then
 data there are none, and the reverse run started from importance-resampled draws of the base
 gives an *estimate* of the upper side, not a bound (``upper_is_bound=False``).
 
-The sampler is that of :mod:`pyrovi.diagnostics.ais` (HMC or MALA in the coordinates whitened
-by the base, the sigmoid schedule), generalised in three ways that a valid reverse bound
-needs: a per-chain inverse temperature, so that forward and reverse chains advance in one
-batch; a *fixed* step-size schedule (found by a short adaptive pilot on a coarse schedule
-and interpolated in :math:`\beta`), so that the reverse chain applies exactly the
-transitions of the forward chain in reverse order; and transitions at :math:`\beta = 1`
-that spread copies of a single exact draw before the reverse run (each copy stays an exact
-posterior draw, since the transitions leave the posterior invariant).
+The sampler is :func:`pyrovi.diagnostics.ais.bidirectional_ais`, the same HMC transitions
+in whitened coordinates as forward AIS, with the fixed step-size schedule and the
+rejuvenation of the reverse starts that a valid reverse bound needs.  This module builds the
+potential, the base and the reverse starts from a model and pools the chains into a
+:class:`Bracket`.
 
 References
 ----------
@@ -40,28 +37,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
-import numpy as np
 import torch
 
 from pyrovi._model import inspect_model
 from pyrovi._potential import potential_from_model
 from pyrovi._result import FitResult
 from pyrovi._runtime import resolve_seed, seeded
-from pyrovi.diagnostics.ais import AIS, sigmoid_schedule
+from pyrovi.diagnostics.ais import AIS, BidirectionalRun, bidirectional_ais
 from pyrovi.diagnostics.ais_evidence import _base_draws
 from pyrovi.diagnostics.bounds import log_mean_exp
 from pyrovi.errors import ModelError
 
 __all__ = ["Bracket", "evidence_bracket", "bidirectional_ais", "BidirectionalRun"]
 
-LogDensity = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-#: Temperatures of the adaptive pilot that sets the fixed step-size schedule.
-PILOT_TEMPERATURES = 25
-#: Chains of that pilot.
-PILOT_CHAINS = 16
 #: Default transitions at beta = 1 that spread the reverse starts (fewer exact draws than
 #: chains, or resampled draws).
 REJUVENATION = 20
@@ -155,218 +145,6 @@ class Bracket:
         if self.cubo is not None:
             text += f"; CUBO_2 {self.cubo:.4f} ± {self.cubo_se:.4f} (biased low)"
         return text
-
-
-@dataclasses.dataclass(frozen=True)
-class BidirectionalRun:
-    r"""What one batch of forward and reverse chains produced.
-
-    Attributes
-    ----------
-    log_w : torch.Tensor
-        ``(num_runs, chains_per_run)`` forward AIS log-weights (unbiased for :math:`p(x)`).
-    log_w_rev : torch.Tensor
-        ``(num_runs, chains_per_run)`` reverse AIS log-weights (unbiased for
-        :math:`1/p(x)`): :math:`-\sum_t (\beta_t - \beta_{t-1}) [\log \tilde p - \log q_0]`
-        along the reverse path.
-    acceptance : float
-        Mean acceptance rate over chains and transitions.
-    step_sizes : torch.Tensor
-        ``(num_temperatures + 1,)`` the fixed step size used at each temperature.
-    """
-
-    log_w: torch.Tensor
-    log_w_rev: torch.Tensor
-    acceptance: float
-    step_sizes: torch.Tensor
-
-
-def _std_normal_logp(v: torch.Tensor) -> torch.Tensor:
-    return -0.5 * v.square().sum(-1) - 0.5 * v.shape[-1] * math.log(2 * math.pi)
-
-
-class _Whitened:
-    """The log density in the coordinates ``v = L^{-1}(u - m)`` of the base."""
-
-    def __init__(self, log_density: LogDensity, mean: torch.Tensor, scale_tril: torch.Tensor):
-        self.log_density, self.mean, self.L = log_density, mean, scale_tril
-        self.log_det_L = scale_tril.diagonal().abs().log().sum()
-        self.d = mean.numel()
-
-    def __call__(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """log p~(m + L v) (``(M,)``) and its gradient in ``v`` (``(M, d)``), non-finite
-        values mapped to -inf (a rejected move)."""
-        logp, grad_u = self.log_density(self.mean + v @ self.L.T)
-        bad = ~torch.isfinite(logp)
-        if bool(bad.any()):
-            logp = torch.where(bad, torch.full_like(logp, -math.inf), logp)
-            grad_u = torch.where(bad.unsqueeze(-1), torch.zeros_like(grad_u), grad_u)
-        grad_u = torch.nan_to_num(grad_u, nan=0.0, posinf=0.0, neginf=0.0)
-        return logp, grad_u @ self.L
-
-    def log_ratio(self, v: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-        """log p~(u) - log q0(u): the annealing increment per unit of beta (float64)."""
-        return (logp - (_std_normal_logp(v) - self.log_det_L)).to(torch.float64)
-
-
-def _hmc(target: _Whitened, v, logp, grad, beta, eps, n_leap):
-    """One HMC transition per chain leaving pi_beta invariant (beta, eps: ``(M,)``).
-
-    Returns the new state and the acceptance probabilities.  HMC with a fresh momentum and a
-    Metropolis correction is reversible with respect to pi_beta, so the same kernel serves
-    forward and reverse chains.
-    """
-    b = beta.unsqueeze(-1)
-    step = eps.unsqueeze(-1)
-
-    def log_pi(v_, logp_):
-        out = (1 - beta) * _std_normal_logp(v_) + beta * logp_
-        return torch.where(torch.isfinite(out), out, torch.full_like(out, -math.inf))
-
-    def grad_pi(v_, grad_):
-        return -(1 - b) * v_ + b * grad_
-
-    p = torch.randn_like(v)
-    h0 = -log_pi(v, logp) + 0.5 * p.square().sum(-1)
-    v_new, p_new = v, p + 0.5 * step * grad_pi(v, grad)
-    for i in range(n_leap):
-        v_new = v_new + step * p_new
-        logp_new, grad_new = target(v_new)
-        scale = 0.5 if i == n_leap - 1 else 1.0
-        p_new = p_new + scale * step * grad_pi(v_new, grad_new)
-    h1 = -log_pi(v_new, logp_new) + 0.5 * p_new.square().sum(-1)
-    log_accept = torch.nan_to_num(h0 - h1, nan=-math.inf).clamp(max=0.0)
-    accept = torch.rand_like(log_accept).log() < log_accept
-    v = torch.where(accept.unsqueeze(-1), v_new, v)
-    logp = torch.where(accept, logp_new, logp)
-    grad = torch.where(accept.unsqueeze(-1), grad_new, grad)
-    return v, logp, grad, log_accept.exp()
-
-
-def _defaults(options: AIS, d: int) -> tuple[int, float, float]:
-    mala = options.transition == "mala"
-    n_leap = 1 if mala else options.num_leapfrog
-    target = options.target_accept or (0.57 if mala else 0.65)
-    eps0 = options.step_size or 0.5 * d ** -0.25
-    return n_leap, target, float(eps0)
-
-
-def _pilot_step_sizes(target: _Whitened, betas: torch.Tensor, options: AIS) -> torch.Tensor:
-    """A fixed step size per temperature of ``betas``: adapt toward the target acceptance on
-    a short forward run over a coarse schedule, then interpolate log eps in beta."""
-    n_leap, accept_target, eps0 = _defaults(options, target.d)
-    dtype = target.mean.dtype
-    coarse = sigmoid_schedule(min(PILOT_TEMPERATURES, len(betas) - 1))
-    v = torch.randn(PILOT_CHAINS, target.d, dtype=dtype)
-    logp, grad = target(v)
-    eps = eps0
-    log_eps = [math.log(eps)]
-    for t in range(1, len(coarse)):
-        beta = torch.full((PILOT_CHAINS,), float(coarse[t]), dtype=dtype)
-        for _ in range(2):  # two transitions per level: one to move, one to tune
-            v, logp, grad, rate = _hmc(target, v, logp, grad, beta,
-                                       torch.full_like(beta, eps), n_leap)
-            eps = eps * math.exp(max(-0.5, min(0.5, float(rate.mean()) - accept_target)))
-        log_eps.append(math.log(eps))
-    log_eps[0] = log_eps[1]  # beta = 0 is the base itself: use the first tuned value
-    fine = np.interp(betas.numpy(), coarse.numpy(), np.asarray(log_eps))
-    return torch.as_tensor(np.exp(fine), dtype=dtype)
-
-
-def bidirectional_ais(
-    log_density: LogDensity,
-    base_mean: torch.Tensor,
-    base_scale_tril: torch.Tensor,
-    *,
-    options: AIS,
-    chains_per_run: int,
-    posterior_starts: torch.Tensor,
-    rejuvenation: int = 0,
-    step_sizes: torch.Tensor | None = None,
-) -> BidirectionalRun:
-    r"""Forward and reverse AIS on one flat log density, batched together.
-
-    Parameters
-    ----------
-    log_density : callable
-        ``u (M, d) -> (log p(x, z(u)) + log|J| (M,), gradient (M, d))``, as built by
-        :meth:`pyrovi._potential.FlatPotential.log_density_and_grad`.
-    base_mean, base_scale_tril : torch.Tensor
-        The Gaussian base :math:`q_0 = N(m, L L^\top)` on the flat space.
-    options : AIS
-        ``num_temperatures``, ``num_runs``, ``transition``, ``num_leapfrog``, ``step_size``
-        (initial value of the pilot), ``target_accept``.
-    chains_per_run : int
-        Chains per run and direction.
-    posterior_starts : torch.Tensor
-        ``(num_runs * chains_per_run, d)`` flat starting points of the reverse chains, each
-        (marginally) a draw from the posterior for ``upper`` to be a bound.
-    rejuvenation : int
-        Transitions at :math:`\beta = 1` applied to the reverse starts first (spreads copies
-        of one exact draw; each stays an exact draw).
-    step_sizes : torch.Tensor, optional
-        ``(num_temperatures + 1,)`` fixed step sizes; default from an adaptive pilot.
-
-    Forward: :math:`v_0 \sim q_0`; for :math:`t = 1..T`: add
-    :math:`(\beta_t - \beta_{t-1}) f(v_{t-1})` with :math:`f = \log \tilde p - \log q_0`, then
-    move with :math:`K_t` (invariant for :math:`\pi_{\beta_t}`) if :math:`t < T`.  Reverse:
-    :math:`v_{T-1} \sim p(z \mid x)`; for :math:`t = T..1`: add
-    :math:`(\beta_t - \beta_{t-1}) f(v_{t-1})`, then move with :math:`K_{t-1}` if
-    :math:`t > 1`.  The reverse log-weight is minus that sum, and
-    :math:`\mathbb{E}[w^{\mathrm{rev}}] = 1/p(x)` (Grosse et al., 2015).
-    """
-    R, C = options.num_runs, chains_per_run
-    M = R * C
-    d = base_mean.numel()
-    dtype = base_mean.dtype
-    if posterior_starts.shape != (M, d):
-        raise ValueError(f"posterior_starts must have shape {(M, d)}, got "
-                         f"{tuple(posterior_starts.shape)}")
-    target = _Whitened(log_density, base_mean, base_scale_tril)
-    betas = sigmoid_schedule(options.num_temperatures)
-    T = len(betas) - 1
-    n_leap, _, _ = _defaults(options, d)
-    if step_sizes is None:
-        step_sizes = _pilot_step_sizes(target, betas, options)
-    step_sizes = step_sizes.to(dtype)
-
-    v_rev = torch.linalg.solve_triangular(
-        base_scale_tril, (posterior_starts.to(dtype) - base_mean).T, upper=False).T
-    logp_rev, grad_rev = target(v_rev)
-    if not bool(torch.isfinite(logp_rev).all()):
-        raise ModelError("the posterior draws given to the reverse run have a non-finite log "
-                         "density; expected draws inside the model's support")
-    accepted, moves = 0.0, 0
-    one = torch.ones(M, dtype=dtype)
-    for _ in range(rejuvenation):
-        v_rev, logp_rev, grad_rev, rate = _hmc(target, v_rev, logp_rev, grad_rev, one,
-                                               one * step_sizes[T], n_leap)
-    v_fwd = torch.randn(M, d, dtype=dtype)
-    logp_fwd, grad_fwd = target(v_fwd)
-    # forward chains in rows [:M], reverse chains in rows [M:]
-    v = torch.cat([v_fwd, v_rev])
-    logp = torch.cat([logp_fwd, logp_rev])
-    grad = torch.cat([grad_fwd, grad_rev])
-    acc = torch.zeros(2 * M, dtype=torch.float64)
-    for k in range(1, T + 1):
-        t_fwd, t_rev = k, T + 1 - k
-        inc = target.log_ratio(v, logp)
-        acc[:M] += float(betas[t_fwd] - betas[t_fwd - 1]) * inc[:M]
-        acc[M:] += float(betas[t_rev] - betas[t_rev - 1]) * inc[M:]
-        if k < T:  # forward moves with K_k, reverse with K_{T-k}
-            beta = torch.cat([torch.full((M,), float(betas[t_fwd]), dtype=dtype),
-                              torch.full((M,), float(betas[t_rev - 1]), dtype=dtype)])
-            eps = torch.cat([torch.full((M,), float(step_sizes[t_fwd]), dtype=dtype),
-                             torch.full((M,), float(step_sizes[t_rev - 1]), dtype=dtype)])
-            v, logp, grad, rate = _hmc(target, v, logp, grad, beta, eps, n_leap)
-            accepted += float(rate.mean())
-            moves += 1
-    return BidirectionalRun(
-        log_w=acc[:M].reshape(R, C),
-        log_w_rev=-acc[M:].reshape(R, C),
-        acceptance=accepted / max(moves, 1),
-        step_sizes=step_sizes,
-    )
 
 
 def _pool(log_w: torch.Tensor) -> tuple[float, float]:

@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from pyrovi._result import FitResult
+from pyrovi.diagnostics.bracket import Bracket
 from pyrovi.diagnostics.diagnose import Diagnostics, diagnose, format_gap
 
 __all__ = ["ComparisonTable", "compare", "COLUMNS"]
@@ -29,12 +30,29 @@ COLUMNS = {
     "ess": ("ESS", "{:.0f}"),
     "num_steps": ("steps", "{}"),
     "wall_time": ("time (s)", "{:.2f}"),
+    "bracket_lower": ("lower", "{:.4f}"),
+    "bracket_upper": ("upper", "{:.4f}"),
+    "upper_is": ("upper is", "{}"),
+    "mean_error": ("mean err <= (sd)", "{:.3f}"),
+    "sd_error": ("sd err <= (sd)", "{:.3f}"),
+}
+
+#: Columns shown only when at least one fit has them (a bracket, error bounds).
+OPTIONAL = {"bracket_lower": "bracket", "bracket_upper": "bracket", "upper_is": "bracket",
+            "mean_error": "bounds", "sd_error": "bounds"}
+
+#: Footnotes printed under a table that shows the optional columns.
+FOOTNOTES = {
+    "bracket": "lower, upper: bidirectional AIS around log p(x); lower is a bound, upper a "
+               "bound only where 'upper is' says so (exact posterior draws), else an estimate",
+    "bounds": "mean err, sd err: bounds on |q - posterior| of means and sds, largest over "
+              "coordinates, in sds of q (Huggins et al. 2020; * not reliable: k-hat >= 0.5)",
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class ComparisonTable:
-    """Diagnostics of several fits side by side.
+    r"""Diagnostics of several fits side by side.
 
     Attributes
     ----------
@@ -45,7 +63,13 @@ class ComparisonTable:
         fitted ``pyro.param`` values: EM's, say; such a number is not a marginal likelihood
         and compares only with fits of the same parameters), ``gap``, ``gap_se`` (nats),
         ``khat``, ``ess`` (NaN where they do not apply: an exact posterior), ``num_steps``
-        (optimizer steps or EM iterations) and ``wall_time`` (seconds of the fit).
+        (optimizer steps or EM iterations), ``wall_time`` (seconds of the fit),
+        ``bracket_lower``, ``bracket_upper`` (the bidirectional-AIS bracket of
+        :math:`\log p(x)`, nats; None without one), ``upper_is`` (``"bound"`` or
+        ``"estimate"``), ``mean_error``, ``sd_error`` (the largest error bound on a mean or
+        sd over all coordinates, in sds of q; 0 for an exact posterior, None when not
+        computed), ``bounds_reliable`` (k-hat < 0.5; None without bounds) and ``verdict``
+        (the verdict sentence).
 
     Notes
     -----
@@ -60,17 +84,25 @@ class ComparisonTable:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """The column keys, in display order."""
-        return tuple(COLUMNS)
+        """The column keys shown, in display order: the optional bracket and error-bound
+        columns only when some fit has them."""
+        shown = {OPTIONAL[k] for k in OPTIONAL for r in self.rows if r[k] is not None}
+        return tuple(k for k in COLUMNS if k not in OPTIONAL or OPTIONAL[k] in shown)
 
     def _cells(self) -> list[list[str]]:
         out = []
         for row in self.rows:
             cells = []
             exact = self.diagnostics[row["name"]].exact_posterior
-            for key, (_, fmt) in COLUMNS.items():
-                value = row[key]
-                if key == "gap":
+            for key in self.columns:
+                value, fmt = row[key], COLUMNS[key][1]
+                if value is None:
+                    cells.append("-")
+                elif key in ("mean_error", "sd_error") and exact:
+                    cells.append("0 (exact)")
+                elif key in ("mean_error", "sd_error"):
+                    cells.append(fmt.format(value) + ("" if row["bounds_reliable"] else "*"))
+                elif key == "gap":
                     cells.append(format_gap(value, row["gap_se"], exact))
                 elif key in ("khat", "ess", "gap_se") and exact:
                     cells.append("-")
@@ -83,8 +115,12 @@ class ComparisonTable:
             out.append(cells)
         return out
 
+    def _footnotes(self) -> list[str]:
+        kinds = [OPTIONAL[k] for k in self.columns if k in OPTIONAL]
+        return [FOOTNOTES[k] for k in dict.fromkeys(kinds)]
+
     def __str__(self) -> str:
-        headers = [h for h, _ in COLUMNS.values()]
+        headers = [COLUMNS[k][0] for k in self.columns]
         cells = self._cells()
         widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
 
@@ -95,20 +131,21 @@ class ComparisonTable:
             )
 
         rule = "  ".join("-" * w for w in widths)
-        return "\n".join([line(headers), rule] + [line(r) for r in cells])
+        return "\n".join([line(headers), rule] + [line(r) for r in cells] + self._footnotes())
 
     def __repr__(self) -> str:  # the table itself is str(table), or HTML in a notebook
         names = [r["name"] for r in self.rows]
         return f"ComparisonTable({len(self.rows)} fits: {names}; print() it for the table)"
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in COLUMNS.values())
+        head = "".join(f"<th>{html.escape(COLUMNS[k][0])}</th>" for k in self.columns)
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
             for row in self._cells()
         )
+        notes = "".join(f"<p>{html.escape(n)}</p>" for n in self._footnotes())
         return (f"<table class='pyrovi-comparison'><thead><tr>{head}</tr></thead>"
-                f"<tbody>{body}</tbody></table>")
+                f"<tbody>{body}</tbody></table>{notes}")
 
     def to_pandas(self):
         """The table as a ``pandas.DataFrame`` indexed by fit name (needs pandas)."""
@@ -118,7 +155,8 @@ class ComparisonTable:
             raise ImportError(
                 "ComparisonTable.to_pandas needs pandas; install it with `pip install pandas`"
             ) from err
-        return pd.DataFrame([dict(r) for r in self.rows], columns=list(COLUMNS)).set_index("name")
+        columns = list(COLUMNS) + ["bounds_reliable", "verdict"]
+        return pd.DataFrame([dict(r) for r in self.rows], columns=columns).set_index("name")
 
 
 def _row(name: str, result: FitResult, diag: Diagnostics) -> dict:
@@ -137,7 +175,33 @@ def _row(name: str, result: FitResult, diag: Diagnostics) -> dict:
         "ess": diag.ess if diag.khat_applies else math.nan,
         "num_steps": int(result.num_steps),
         "wall_time": float(result.wall_time),
+        **_bounds_cells(diag),
     }
+
+
+def _bounds_cells(diag: Diagnostics) -> dict:
+    b, eb = diag.bracket, diag.error_bounds
+    cells = {"bracket_lower": None, "bracket_upper": None, "upper_is": None,
+             "mean_error": None, "sd_error": None, "bounds_reliable": None,
+             "verdict": diag.verdict.sentence if diag.verdict is not None else None}
+    if b is not None:
+        cells.update(bracket_lower=b.lower, bracket_upper=b.upper,
+                     upper_is="bound" if b.upper_is_bound else "estimate")
+    if diag.exact_posterior:
+        cells.update(mean_error=0.0, sd_error=0.0, bounds_reliable=True)
+    elif eb is not None:
+        cells.update(mean_error=eb.max_relative_mean_error(),
+                     sd_error=eb.max_relative_sd_error(), bounds_reliable=eb.reliable)
+    return cells
+
+
+def _bracket_for(result, bracket):
+    """``bracket`` for a fit, False for an exact posterior (nothing to bracket); a Bracket
+    object belongs to one fit and is refused for several."""
+    if isinstance(bracket, Bracket):
+        raise TypeError("compare(bracket=...) takes True or AIS options (one Bracket belongs "
+                        "to one fit); pass computed diagnostics with diagnostics= instead")
+    return False if isinstance(result, FitResult) and result.exact_posterior else bracket
 
 
 def compare(
@@ -147,6 +211,8 @@ def compare(
     seed: int | None = None,
     evidence="auto",
     diagnostics: Mapping | None = None,
+    bounds="auto",
+    bracket=False,
 ) -> ComparisonTable:
     """Diagnose several fits and tabulate them, one row per fit.
 
@@ -154,8 +220,10 @@ def compare(
     ----------
     results : mapping of str to result, or sequence of results
         ``{"meanfield": r1, "fullrank": r2, "em": r3}``; a sequence is named by family.
-    num_particles, seed, evidence
-        Passed to :func:`~pyrovi.diagnostics.diagnose` for every fit.
+    num_particles, seed, evidence, bounds, bracket
+        Passed to :func:`~pyrovi.diagnostics.diagnose` for every fit (``bracket``: the
+        bidirectional AIS of each VI fit, off by default for its cost; an exact posterior
+        (EM) never gets one).
     diagnostics : mapping of str to Diagnostics, optional
         Diagnostics already computed for some fits (by name); those fits are not diagnosed
         again.
@@ -183,7 +251,8 @@ def compare(
     diags = {
         name: done[name]
         if name in done
-        else diagnose(r, num_particles=num_particles, seed=seed, evidence=evidence)
+        else diagnose(r, num_particles=num_particles, seed=seed, evidence=evidence,
+                      bounds=bounds, bracket=_bracket_for(r, bracket))
         for name, r in items
     }
     rows = tuple(_row(name, r, diags[name]) for name, r in items)

@@ -6,6 +6,14 @@ importance draws :math:`z_s \sim q` gives the ELBO, the importance-weighted boun
 :math:`\mathcal{L}_K` (Burda et al., 2016), the effective sample size and the PSIS
 :math:`\hat k` (Vehtari et al., 2024; Yao et al., 2018); the log evidence is exact where it
 is tractable, else the importance estimate from the same draws, or AIS on request.
+
+The same draws also give :math:`\mathrm{CUBO}_2` and, with the log evidence (or its lower
+side), the error bounds of Huggins et al. (2020) on the guide's means and standard
+deviations (:mod:`pyrovi.diagnostics.accuracy`); on request, bidirectional AIS brackets
+:math:`\log p(x)` (:mod:`pyrovi.diagnostics.bracket`).  :mod:`pyrovi.diagnostics.verdict`
+turns them into one sentence.  Each printed number says whether it is a *bound* (a
+stochastic bound: on its side of the true value in expectation) or an *estimate* (no side
+guaranteed).
 """
 
 from __future__ import annotations
@@ -14,8 +22,17 @@ import dataclasses
 import math
 
 from pyrovi._result import FitResult
+from pyrovi.diagnostics.accuracy import (
+    ErrorBounds,
+    error_bounds_from_draws,
+    gaussian_sites,
+    lower_from,
+)
+from pyrovi.diagnostics.ais import AIS
 from pyrovi.diagnostics.bounds import Bound, gap_from_weights, iwae_bounds, log_mean_exp, mean_se
 from pyrovi.diagnostics.bounds import ess as _ess
+from pyrovi.diagnostics.bracket import Bracket, evidence_bracket
+from pyrovi.diagnostics.cubo import CUBO, cubo
 from pyrovi.diagnostics.evidence import (
     Estimate,
     IntractableError,
@@ -24,6 +41,7 @@ from pyrovi.diagnostics.evidence import (
 )
 from pyrovi.diagnostics.gradients import gradient_estimators
 from pyrovi.diagnostics.psis import psis_diagnostic
+from pyrovi.diagnostics.verdict import Verdict, verdict
 from pyrovi.diagnostics.weights import (
     DEFAULT_CHUNK,
     _check_particles,
@@ -38,6 +56,14 @@ IWAE_KS = (1, 10, 100, 1000)
 
 #: Largest latent dimension for which ``evidence="auto"`` tries the exact Gaussian evidence.
 AUTO_EXACT_MAX_DIM = 500
+
+#: How :attr:`ErrorBounds.lower_source` reads in the printed diagnostics.
+LOWER_SOURCES = {"exact": "exact log p(x)", "bracket": "bracket's lower side",
+                 "estimate": "log p(x) estimate", "elbo": "ELBO"}
+
+#: Largest ``num_particles * latent dimension`` for which ``bounds="auto"`` keeps the draws
+#: of q to compute the error bounds (80 MB of float64).
+AUTO_BOUNDS_MAX_VALUES = 10_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +116,24 @@ class Diagnostics:
         :math:`\log p(x \mid \hat\theta)` at their fitted values, a likelihood of point
         estimates, not the marginal likelihood of a model with every quantity integrated
         out; two such numbers compare only across fits of the same parameters.
+    cubo : CUBO or None
+        :math:`\mathrm{CUBO}_2` of q from the same draws: an *estimate* of an upper bound on
+        :math:`\log p(x)` (biased low; None for an exact posterior).
+    error_bounds : ErrorBounds or None
+        Bounds on ``|q mean - posterior mean|`` and ``|q sd - posterior sd|`` per site and
+        coordinate (Huggins et al. 2020), from ``cubo`` and the lower side of
+        :math:`\log p(x)` (exact value, bracket or importance estimate, whichever is
+        best); estimates of bounds, trusted when ``error_bounds.reliable``.  None when not
+        computed (``bounds=False``, an exact posterior, or too many draws to keep).
+    bracket : Bracket or None
+        Bidirectional AIS around :math:`\log p(x)`, when asked for (``bracket=``): the lower
+        side is a bound; the upper side is a bound only when ``bracket.upper_is_bound``
+        (exact posterior draws: simulated data), else an estimate.
+    verdict : Verdict or None
+        What the fit may be used for (means, sds, tails) and what to try next
+        (:func:`~pyrovi.diagnostics.verdict.verdict`); ``str(verdict)`` is one sentence.
+    bounds_note : str
+        Why the error bounds were not computed, when they were not ("" otherwise).
     """
 
     family: str
@@ -110,6 +154,11 @@ class Diagnostics:
     log_evidence_estimate: Estimate = dataclasses.field(repr=False)
     exact_posterior: bool = False
     given_params: tuple = ()
+    cubo: CUBO | None = dataclasses.field(default=None, repr=False)
+    error_bounds: ErrorBounds | None = dataclasses.field(default=None, repr=False)
+    bracket: Bracket | None = dataclasses.field(default=None, repr=False)
+    verdict: Verdict | None = dataclasses.field(default=None, repr=False)
+    bounds_note: str = ""
 
     @property
     def evidence_label(self) -> str:
@@ -146,31 +195,72 @@ class Diagnostics:
             f"num_particles={self.num_particles})"
         )
 
+    @property
+    def log_evidence_is_exact(self) -> bool:
+        """Whether ``log_evidence`` is exact (else an estimate, biased low)."""
+        return self.log_evidence_method == "exact"
+
     def __str__(self) -> str:
         lines = [
             f"Diagnostics of a {self.family!r} fit ({self.num_particles} draws from q)",
-            f"  ELBO            {self.elbo:14.4f} ± {self.elbo_se:.4f}",
+            f"  ELBO            {self.elbo:14.4f} ± {self.elbo_se:.4f}  [lower bound]",
             f"  {self.evidence_label:<16s}{self.log_evidence:14.4f} ± "
-            f"{self.log_evidence_se:.4f}  ({self.log_evidence_method})",
+            f"{self.log_evidence_se:.4f}  ({self.log_evidence_method})  "
+            + ("[exact]" if self.log_evidence_is_exact else "[estimate, low in expectation]"),
         ]
         why = self.log_evidence_estimate.info.get("why")
         if why:
             lines.append(f"    ({why})")
         lines += [
             f"  gap (KL)        {format_gap(self.gap, self.gap_se, self.exact_posterior):>14s}"
-            + ("" if self.exact_posterior else f" ± {self.gap_se:.4f}"),
+            + ("" if self.exact_posterior else f" ± {self.gap_se:.4f}  [estimate]"),
         ]
         for b in self.iwae:
-            lines.append(f"  L_{b.k:<13d} {b.value:14.4f} ± {b.se:.4f}")
+            lines.append(f"  L_{b.k:<13d} {b.value:14.4f} ± {b.se:.4f}  [lower bound]")
         if self.khat_applies:
-            lines.append(f"  ESS             {self.ess:14.1f}")
-            lines.append(f"  k-hat           {self.khat:14.3f}  ({self.khat_verdict})")
+            lines.append(f"  ESS             {self.ess:14.1f}  [estimate]")
+            lines.append(f"  k-hat           {self.khat:14.3f}  ({self.khat_verdict})  "
+                         "[estimate]")
         else:
             lines.append("  k-hat, ESS                   -  (q is the exact posterior: "
                          "constant weights)")
+        lines += self._bounds_lines()
         for site, est in self.gradient_estimators.items():
             lines.append(f"  gradient of {site!r}: {est}")
+        if self.verdict is not None:
+            lines.append(f"  Verdict: {self.verdict.sentence}")
+        lines.append("  ([bound]: on its side of the true value in expectation; [estimate]: "
+                     "no side guaranteed)")
         return "\n".join(lines)
+
+    def _bounds_lines(self) -> list[str]:
+        lines = []
+        b = self.bracket
+        if b is not None:
+            upper = "upper bound" if b.upper_is_bound else "upper estimate"
+            lines.append(f"  bracket lower   {b.lower:14.4f} ± {b.lower_se:.4f}  [lower bound]")
+            lines.append(f"  bracket upper   {b.upper:14.4f} ± {b.upper_se:.4f}  [{upper}]")
+            lines.append(f"    (bidirectional AIS, {b.num_temperatures} temperatures, "
+                         f"{b.num_chains} chains a side; width {b.width:.4f})")
+        if self.cubo is not None:
+            lines.append(f"  CUBO_2          {self.cubo.value:14.4f} ± {self.cubo.se:.4f}  "
+                         "[estimate of an upper bound, biased low]")
+        eb = self.error_bounds
+        if eb is not None:
+            kind = ("bounds; reliable: k-hat < 0.5" if eb.reliable
+                    else "NOT reliable: k-hat >= 0.5 or infinite")
+            source = LOWER_SOURCES.get(eb.lower_source, eb.lower_source)
+            lines.append(f"  error bounds, from CUBO_2 and the {source} "
+                         f"(D_2 <= {eb.d2:.3g}, W_2 <= {eb.w2:.3g})  [{kind}]")
+            for name, site in eb.sites.items():
+                lines.append(
+                    f"    {name:12s} |mean err| <= {float(site.mean_error.max()):.3g} "
+                    f"({float(site.relative_mean_error.max()):.2f} sd)  |sd err| <= "
+                    f"{float(site.sd_error.max()):.3g} "
+                    f"({float(site.relative_sd_error.max()):.2f} sd)")
+        elif self.bounds_note:
+            lines.append(f"  error bounds: not computed ({self.bounds_note})")
+        return lines
 
 
 def format_gap(gap: float, se: float, exact: bool = False) -> str:
@@ -183,6 +273,17 @@ def format_gap(gap: float, se: float, exact: bool = False) -> str:
     if abs(gap) <= max(2.0 * se, 5e-5):
         return "~0"
     return f"{gap:.4f}"
+
+
+def _check_bounds(bounds, bracket):
+    if bounds not in ("auto", True, False):
+        raise ValueError(f"bounds={bounds!r} is not known; expected 'auto', True or False")
+    if not (bracket is None or isinstance(bracket, (bool, AIS, Bracket))):
+        raise TypeError(
+            f"bracket={bracket!r} is not known; expected False, True (bidirectional AIS with "
+            "the default options), pyrovi.AIS(...) options, or a Bracket from "
+            "pyrovi.evidence_bracket"
+        )
 
 
 def _check_evidence(evidence):
@@ -202,9 +303,13 @@ def diagnose(
     seed: int | None = None,
     evidence="auto",
     chunk_size: int = DEFAULT_CHUNK,
+    bounds="auto",
+    bracket=False,
 ) -> Diagnostics:
-    """Diagnose a ``VIResult`` or ``EMResult``: ELBO, log evidence, their gap, the IWAE
-    bounds, PSIS k-hat, ESS and the gradient estimator of each site.
+    r"""Diagnose a ``VIResult`` or ``EMResult``: ELBO, log evidence, their gap, the IWAE
+    bounds, PSIS k-hat, ESS, :math:`\mathrm{CUBO}_2`, error bounds on the posterior means
+    and sds, optionally a bracket of the log evidence, a verdict, and the gradient
+    estimator of each site.
 
     Parameters
     ----------
@@ -222,6 +327,21 @@ def diagnose(
         ``log_evidence(..., method="ais")``) is used as given.
     chunk_size : int
         Particles per vectorized chunk (bounds memory).
+    bounds : {"auto", True, False}
+        The error bounds on q's means and sds (:attr:`Diagnostics.error_bounds`).  They use
+        the same draws as everything else (no further model evaluations), but keep them in
+        memory: ``"auto"`` (default) computes them for a VI fit unless ``num_particles``
+        times the latent dimension exceeds 10 million; True always; False never.
+    bracket : bool, AIS or Bracket
+        Bidirectional AIS around :math:`\log p(x)` (:func:`~pyrovi.evidence_bracket`; VI
+        fits with continuous latents).  Off by default: it costs about
+        ``2 * num_chains * num_temperatures * num_leapfrog`` gradients of the log joint
+        (64 x 200 x 5 x 2 = 128,000 with the defaults, against ``num_particles`` log-joint
+        evaluations for the rest of the diagnosis).  True: default options;
+        ``AIS(num_temperatures=..., ...)``: those options; a ``Bracket`` already computed
+        (for instance from exact posterior draws on simulated data): used as given.  Its
+        lower side then also serves the error bounds when it is higher than the evidence
+        estimate.  On real data its upper side is an estimate, not a bound.
 
     Returns
     -------
@@ -247,7 +367,27 @@ def diagnose(
         )
     _check_particles(num_particles)
     _check_evidence(evidence)
-    weights = result_log_weights(result, num_particles, seed=seed, chunk_size=chunk_size)
+    _check_bounds(bounds, bracket)
+    exact_q = bool(result.exact_posterior)
+    dim = sum(info.trace.nodes[k]["value"].numel() for k in result.latent_sites)
+    bounds_note = ""
+    if exact_q:
+        want_bounds, bounds_note = False, "q is the exact posterior: every error is 0"
+    elif bounds == "auto" and num_particles * dim > AUTO_BOUNDS_MAX_VALUES:
+        want_bounds = False
+        bounds_note = (f"{num_particles} draws x {dim} latent values exceed "
+                       f"{AUTO_BOUNDS_MAX_VALUES:,}; pass bounds=True to keep them")
+    else:
+        want_bounds = bool(bounds)
+        if not want_bounds:
+            bounds_note = "bounds=False"
+    if bracket is not False and bracket is not None and exact_q:
+        raise ValueError(
+            "bracket= asks for bidirectional AIS, but this fit's q is the exact posterior: its "
+            "log evidence is exact already; call diagnose without bracket="
+        )
+    weights = result_log_weights(result, num_particles, seed=seed, chunk_size=chunk_size,
+                                 keep_values=want_bounds)
     log_w = weights.log_w
     elbo, elbo_se = mean_se(log_w)
     estimate = fallback = None
@@ -257,7 +397,6 @@ def diagnose(
         # q is the exact posterior: its ELBO is the log evidence
         estimate = Estimate(float(result.elbo), 0.0, "exact", 0, {"how": "em"})
     elif evidence in ("auto", "exact"):
-        dim = sum(info.trace.nodes[k]["value"].numel() for k in result.latent_sites)
         if evidence == "exact" or dim <= AUTO_EXACT_MAX_DIM:
             with result.scope():
                 try:
@@ -279,6 +418,38 @@ def diagnose(
         gap = estimate.value - elbo
         gap_se = math.sqrt(elbo_se**2 + estimate.se**2)
     psis = psis_diagnostic(log_w)
+    if isinstance(bracket, Bracket):
+        brk = bracket
+    elif bracket is True or isinstance(bracket, AIS):
+        brk = evidence_bracket(result, options=bracket if isinstance(bracket, AIS) else None,
+                               cubo=False, seed=seed)
+    else:
+        brk = None
+    cubo_2 = None if exact_q else cubo(log_w, 2.0)
+    eb = None
+    if want_bounds:
+        lower = estimate
+        if brk is not None and (estimate.method != "exact"
+                                and brk.lower - 2 * brk.lower_se > estimate.value
+                                - 2 * estimate.se):
+            lower = brk
+        value, se, source = lower_from(lower)
+        eb = error_bounds_from_draws(
+            weights.values, log_w, log_evidence_lower=value, log_evidence_lower_se=se,
+            lower_source=source, gaussian=gaussian_sites(result, info.trace, weights.values))
+    if exact_q:
+        said = Verdict(True, True, True, 0.0, 0.0, None, None, 0.0, 0.0,
+                       "nothing: q is the exact posterior",
+                       "Means, sds and tails: trust (q is the exact posterior"
+                       + (" given the fitted parameters" if any(
+                           site["type"] == "param" for site in info.trace.nodes.values())
+                          else "") + "; gap 0).")
+    else:
+        said = verdict(
+            elbo=elbo, bracket=brk,
+            log_evidence=estimate.value if estimate.method == "exact" else None,
+            khat=psis.khat, num_particles=weights.num_particles, error_bounds=eb,
+            family=str(result.family))
     return Diagnostics(
         family=str(result.family),
         elbo=elbo,
@@ -298,4 +469,9 @@ def diagnose(
         log_evidence_estimate=estimate,
         exact_posterior=bool(result.exact_posterior),
         given_params=tuple(n for n, site in info.trace.nodes.items() if site["type"] == "param"),
+        cubo=cubo_2,
+        error_bounds=eb,
+        bracket=brk,
+        verdict=said,
+        bounds_note=bounds_note,
     )

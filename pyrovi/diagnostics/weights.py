@@ -49,6 +49,9 @@ class LogWeights:
         Whether the particles were drawn in vectorized chunks (False: one at a time).  For
         a fit result (:func:`result_log_weights`) True: the chunks are asked of the
         result's own methods, which vectorize within a chunk where its model allows.
+    values : dict of str to torch.Tensor, optional
+        Site -> ``(S, *site shape)`` the draws themselves (constrained values), kept only
+        when asked for (``result_log_weights(..., keep_values=True)``); else None.
     """
 
     log_w: torch.Tensor
@@ -56,6 +59,7 @@ class LogWeights:
     log_q: torch.Tensor
     num_particles: int
     vectorized: bool
+    values: dict | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         w = self.log_w
@@ -224,7 +228,8 @@ def _draw_finder(kept: list) -> Callable:
 
 
 def result_log_weights(
-    result, num_particles: int, *, seed: int | None = None, chunk_size: int = DEFAULT_CHUNK
+    result, num_particles: int, *, seed: int | None = None, chunk_size: int = DEFAULT_CHUNK,
+    keep_values: bool = False,
 ) -> LogWeights:
     r"""Importance log-weights of a fit's own posterior approximation.
 
@@ -232,7 +237,8 @@ def result_log_weights(
     with :meth:`~pyrovi._result.FitResult.log_joint`, in chunks of ``chunk_size``.  For a
     VI fit q is the fitted guide (enumerated discrete latents summed out of the joint); for
     a fit with the exact posterior (EM) every weight equals
-    :math:`\log p(x \mid \hat\theta)` up to round-off.
+    :math:`\log p(x \mid \hat\theta)` up to round-off.  With ``keep_values=True`` the
+    draws are returned too (``LogWeights.values``), for statistics of q beside the weights.
 
     Raises
     ------
@@ -251,10 +257,14 @@ def result_log_weights(
             log_q.append(draws.log_q.reshape(-1))
             kept.append((n, draws.values))
     with result.scope():
-        return _finish(
+        out = _finish(
             result.model, f"the {result.family!r} fit's q", result.args, result.kwargs,
             log_p, log_q, True, _draw_finder(kept),
         )
+    if keep_values:
+        values = {k: torch.cat([v[k] for _, v in kept]) for k in kept[0][1]}
+        out = dataclasses.replace(out, values=values)
+    return out
 
 
 def check_result(result: FitResult) -> ModelInfo:

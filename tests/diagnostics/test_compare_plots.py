@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from pyrovi.diagnostics import ComparisonTable, compare, log_evidence, plot_elbo, plot_gap
-from pyrovi.diagnostics.compare import COLUMNS
+from pyrovi.diagnostics.compare import COLUMNS, OPTIONAL
 from pyrovi.diagnostics.diagnose import format_gap
 
 matplotlib.use("Agg")
@@ -20,9 +20,12 @@ def table(meanfield, fullrank, em_result):
 def test_table_rows_and_columns(table, meanfield, em_result):
     assert isinstance(table, ComparisonTable)
     assert [r["name"] for r in table.rows] == ["meanfield", "fullrank", "em"]
-    assert table.columns == tuple(COLUMNS)
+    # error bounds by default, so their columns show; no bracket was asked for
+    assert table.columns == tuple(k for k in COLUMNS if OPTIONAL.get(k) != "bracket")
     for row in table.rows:
-        assert set(row) == set(COLUMNS)
+        assert set(row) == set(COLUMNS) | {"bounds_reliable", "verdict"}
+        assert row["bracket_lower"] is None and row["upper_is"] is None
+        assert row["verdict"] == table.diagnostics[row["name"]].verdict.sentence
     mf, fr, em = table.rows
     assert mf["num_steps"] == meanfield.num_steps and em["num_steps"] == em_result.num_steps
     assert em["gap"] == pytest.approx(0.0, abs=1e-6) and em["family"] == "em"
@@ -32,15 +35,17 @@ def test_table_rows_and_columns(table, meanfield, em_result):
 
 def test_table_renderings(table):
     text = str(table).splitlines()
-    assert len(text) == 2 + 3 and "ELBO" in text[0] and "k-hat" in text[0]
+    assert len(text) == 2 + 3 + 1 and "ELBO" in text[0] and "k-hat" in text[0]
+    assert "mean err <= (sd)" in text[0] and "upper is" not in text[0]
     assert text[2].startswith("meanfield") and text[4].startswith("em")
+    assert text[5].startswith("mean err, sd err: bounds on |q - posterior|")
     html = table._repr_html_()
-    assert html.count("<tr>") == 4 and html.count("<th>") == len(COLUMNS)
+    assert html.count("<tr>") == 4 and html.count("<th>") == len(table.columns)
     pd = pytest.importorskip("pandas")
     frame = table.to_pandas()
     assert isinstance(frame, pd.DataFrame)
     assert list(frame.index) == ["meanfield", "fullrank", "em"]
-    assert list(frame.columns) == list(COLUMNS)[1:]
+    assert list(frame.columns) == list(COLUMNS)[1:] + ["bounds_reliable", "verdict"]
 
 
 def test_compare_bad_input():
@@ -114,3 +119,27 @@ def test_plot_gap_bars(table):
     with pytest.raises(TypeError, match="expects a ComparisonTable"):
         plot_gap([1, 2])
     plt.close("all")
+
+
+def test_bracket_and_bound_columns(meanfield, em_result, exact):
+    from pyrovi.diagnostics import AIS
+
+    table = compare({"meanfield": meanfield, "em": em_result}, num_particles=1000, seed=0,
+                    bracket=AIS(num_temperatures=30, num_runs=4))
+    assert table.columns[-5:] == ("bracket_lower", "bracket_upper", "upper_is",
+                                  "mean_error", "sd_error")
+    mf, em = table.rows
+    d = table.diagnostics["meanfield"]
+    assert mf["bracket_lower"] == d.bracket.lower and mf["bracket_upper"] == d.bracket.upper
+    assert mf["upper_is"] == "estimate"  # real data: no exact posterior draw
+    assert d.bracket.contains(exact)
+    assert mf["mean_error"] == pytest.approx(d.error_bounds.max_relative_mean_error())
+    assert mf["sd_error"] == pytest.approx(d.error_bounds.max_relative_sd_error())
+    assert em["bracket_lower"] is None and em["mean_error"] == 0.0  # exact posterior
+    text = str(table).splitlines()
+    assert "upper is" in text[0] and "sd err <= (sd)" in text[0]
+    em_line = next(r for r in text if r.startswith("em"))
+    assert em_line.count("0 (exact)") == 3  # the gap, the mean and the sd errors
+    assert text[-2].startswith("lower, upper: bidirectional AIS around log p(x)")
+    with pytest.raises(TypeError, match=r"compare\(bracket=...\) takes True or AIS options"):
+        compare({"meanfield": meanfield}, bracket=d.bracket)
