@@ -278,7 +278,10 @@ def nonquadratic_site(
         for name, start, stop in blocks:
             direction = torch.zeros(d, dtype=dtype)
             direction[start:stop] = torch.randn(stop - start, generator=gen, dtype=dtype)
-            # one posterior standard deviation along a random direction of the block
+            # one posterior standard deviation along a random direction of the block: a
+            # unit whitened vector (an unnormalised draw could be short and never reach a
+            # kink a few standard deviations out)
+            direction = direction / direction.norm()
             direction = torch.linalg.solve_triangular(
                 fit.precision_tril.T, direction.unsqueeze(-1), upper=True
             )[:, 0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pyro
 import pytest
 import torch
 
@@ -51,3 +52,12 @@ def test_diagnose_auto_falls_back_to_an_estimate_for_a_kinked_model():
     assert "not exact" in diag.log_evidence_estimate.info["why"]  # says why it fell back
     with pytest.raises(IntractableError, match=r"site 'z'"):
         pyrovi.diagnose(fit, num_particles=100, seed=0, evidence="exact")
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_refusal_does_not_depend_on_the_prototype_draw(seed):
+    # the expansion point is a prior draw: from z > 0 the mode sits where relu(z) = z and
+    # the kink lies ~4 posterior sds below it, which the probes must reach from any start
+    pyro.set_rng_seed(seed)
+    with pytest.raises(IntractableError, match=r"site 'z' enters log p\(x, z\)"):
+        pyrovi.log_evidence(m.relu_model, m.data(5, 2.0), method="exact")
