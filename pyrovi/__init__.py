@@ -27,7 +27,6 @@ from pyrovi.errors import (
     ConvergenceWarning,
     FallbackWarning,
     FitError,
-    RankError,
     InterruptedFitWarning,
     IntractableError,
     ModelError,
@@ -35,6 +34,7 @@ from pyrovi.errors import (
     NonFiniteError,
     PyroviError,
     PyroviWarning,
+    RankError,
 )
 from pyrovi.guides import FAMILIES
 from pyrovi.resume import resume

@@ -24,8 +24,10 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable, Mapping
 
+import pyro
 import torch
 import torch.distributed as dist
+from pyro import poutine
 
 from pyrovi.errors import RankError
 
@@ -38,6 +40,8 @@ __all__ = [
     "shard_indices",
     "shard",
     "average_gradients",
+    "DataParallelELBO",
+    "reduce_values",
     "DEFAULT_TIMEOUT",
 ]
 
@@ -130,6 +134,10 @@ class _ProcessGroup(Collective):
         """Every rank learns whether any rank failed: this rank re-raises its own error,
         the others raise a :class:`~pyrovi.errors.RankError` naming the first failed rank
         and its error (messages travel as bytes in a tensor: nothing is unpickled)."""
+        flag = torch.tensor([0.0 if error is None else 1.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.SUM)  # the common case: one tiny collective
+        if float(flag) == 0:
+            return
         text = b"" if error is None else f"{type(error).__name__}: {error}".encode()[
             : _MESSAGE_BYTES - 1]
         buf = torch.zeros(_MESSAGE_BYTES, dtype=torch.uint8)
@@ -187,33 +195,64 @@ def shard(name: str, size: int, *, dim: int | None = None, **kwargs):
     gradients averaged over the ranks (:func:`average_gradients`), each step then follows
     the gradient of the full-data ELBO.
     """
-    import pyro  # pyro is imported here only: EM users of this module do not need it
-
+    global _SHARD_WEIGHT
     if is_distributed():
-        kwargs["subsample"] = shard_indices(size)
+        kwargs["subsample"] = idx = shard_indices(size)
+        _SHARD_WEIGHT = len(idx) / size
     return pyro.plate(name, size, dim=dim, **kwargs)
 
 
-def average_gradients(params: Iterable[torch.Tensor]) -> None:
+#: ``len(shard) / size`` of the last :func:`shard` entered on this rank (None: none was).
+_SHARD_WEIGHT: float | None = None
+
+
+def _take_weight() -> float:
+    """This rank's weight in the average over ranks: ``len(shard) / size`` of the shard the
+    model just entered, else ``1 / world_size`` (equal shards of a plain plate subsample).
+
+    With Pyro's ``size / len(shard)`` scaling, :math:`\\sum_r w_r \\mathcal{L}_r` with
+    :math:`w_r = n_r / N` is the full-data ELBO: the global terms once and every shard's
+    likelihood term once, whatever the shard sizes."""
+    global _SHARD_WEIGHT
+    weight, _SHARD_WEIGHT = _SHARD_WEIGHT, None
+    return 1.0 / world_size() if weight is None else weight
+
+
+def reduce_values(values) -> torch.Tensor:
+    """The weighted sum over ranks of this rank's shard estimates ``values`` (a float or an
+    array of them, each the full-data estimate from this rank's shard): the full-data
+    estimate that uses every rank's data (identity on one process)."""
+    values = torch.as_tensor(values, dtype=torch.float64)
+    if not is_distributed():
+        return values
+    buf = (values * _take_weight()).to(_device())
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.cpu()
+
+
+def average_gradients(
+    params: Iterable[torch.Tensor], weight: float | None = None, *, loss: float = 0.0
+) -> float:
     """Average the ``.grad`` of ``params`` over the ranks, in place (one ``all_reduce``).
 
     Every rank's gradient is that of its own unbiased, ``N / len(shard)``-scaled estimate of
-    the full-data ELBO; their average is again an unbiased estimate with ``1 / W`` of the
-    variance, and every rank applies the same update to the same parameters.  A parameter
-    without a gradient on this rank counts as a zero gradient.
+    the full-data ELBO; their average, weighted by ``weight`` (default ``1 / W``; the
+    :class:`DataParallelELBO` passes ``len(shard) / N``), is the gradient of the full-data
+    estimate, and every rank applies the same update to the same parameters.  A parameter
+    without a gradient on this rank counts as a zero gradient.  ``loss`` travels with the
+    gradients (same weight, same collective); the return value is its weighted sum.
     """
     if not is_distributed():
-        return
+        return float(loss)
     params = [p for p in params]
-    if not params:
-        return
     device = _device()
     flat = torch.cat([
-        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(device)
+        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(
+            device, torch.float64)
         for p in params
-    ])
+    ] + [torch.tensor([float(loss)], dtype=torch.float64, device=device)])
+    flat *= 1.0 / dist.get_world_size() if weight is None else weight
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
     start = 0
     for p in params:
         g = flat[start : start + p.numel()].view_as(p).to(p.device, p.dtype)
@@ -222,3 +261,45 @@ def average_gradients(params: Iterable[torch.Tensor]) -> None:
             p.grad = g.clone()
         else:
             p.grad.copy_(g)
+    return float(flat[-1])
+
+
+class DataParallelELBO:
+    """A Pyro ELBO whose loss and gradients are those of all the ranks' data.
+
+    ``loss_and_grads`` runs the wrapped ELBO on this rank's shard, then (one collective each)
+    lets every rank learn whether any rank failed (:meth:`Collective.agree`), averages the
+    gradients of the parameters it touched (:func:`average_gradients`, weights
+    ``len(shard) / N``) and returns the weighted sum of the ranks' losses: the full-data
+    loss, the same on every rank.  :class:`pyrovi.VI` wraps its ELBO in it when a process
+    group is running.
+    """
+
+    def __init__(self, elbo):
+        self.elbo = elbo
+        self.group = collective()
+        self.steps = 0
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """The full-data loss (no gradients)."""
+        return float(reduce_values(self.elbo.loss(model, guide, *args, **kwargs)))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        self.steps += 1
+        error, loss, params = None, float("nan"), []
+        try:
+            with poutine.trace(param_only=True) as capture:
+                loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+            params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+        except Exception as err:  # every rank must hear of it, or the others would wait
+            error = err
+        try:
+            self.group.agree(error, at=f"step {self.steps}")
+        except ValueError as err:
+            if err is not error:
+                raise
+            # this rank's own ValueError (a Pyro validation error, say) must stop the fit
+            # here as it stops the other ranks, not be skipped as a non-finite step
+            raise RuntimeError(f"{type(err).__name__}: {err}") from err
+        weight = _take_weight()
+        return average_gradients(params, weight, loss=loss)

@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 import pyrovi.fast as fast
+from pyrovi import distributed
 from pyrovi._draws import site_shapes
 from pyrovi._model import ModelInfo
 from pyrovi._run import (
@@ -358,6 +359,17 @@ class Fit:
         ran out; return the final result."""
         vi = self.vi
         settings = self.settings()
+        if distributed.is_distributed():
+            if vi.method != "sgd" or vi.backend == "compiled":
+                raise ValueError(
+                    f"a torch.distributed process group of {distributed.world_size()} ranks is "
+                    f"running, and data-parallel VI runs the stochastic-gradient path on "
+                    f"Pyro's SVI; got method={vi.method!r}, backend={vi.backend!r}. Pass "
+                    "method='sgd' (and backend='auto' or 'svi'), or fit on one process"
+                )
+            self.run.notes.append(
+                f"data-parallel VI on {distributed.world_size()} ranks (pyrovi.distributed)")
+            return self._finish(self._train_svi(settings), "svi")
         if vi.method != "sgd":
             result = self._dadvi(settings)
             if result is not None:
@@ -492,14 +504,17 @@ class Fit:
             max_plate_nesting=self.info.max_plate_nesting,
             enumerate=bool(self.enumerated),
         )
+        if distributed.is_distributed():  # the loss and gradients of every rank's data
+            elbo_fn = distributed.DataParallelELBO(elbo_fn)
+        lead = distributed.rank() == 0  # the rank that writes checkpoints and shows progress
         state = _LoopState(trace=[], plateau=PlateauState())
         first = self._restore(self.resume_from, state) if self.resume_from else 0
         run.mark_rng()  # the random state of the completed steps, for checkpoints
         known = set(state.known)
         max_norm = settings.clip_norm if settings.clip_norm is not None else math.inf
         window = settings.window
-        bar = tqdm(total=settings.num_steps, initial=first, disable=not settings.progress,
-                   desc="VI", leave=False)
+        bar = tqdm(total=settings.num_steps, initial=first,
+                   disable=not settings.progress or not lead, desc="VI", leave=False)
         nonfinite: NonFinite | None = None
 
         def save() -> Checkpoint:  # after the completed steps (trace entry k is step k's)
@@ -510,7 +525,7 @@ class Fit:
             unit="step",
             done=lambda: len(state.trace),
             partial=lambda: self._result(state.trace, False, False, num_skipped=state.skipped),
-            save=save,
+            save=save if lead else None,
             who="the model or guide",
             trace="ELBO trace",
         )
@@ -565,7 +580,8 @@ class Fit:
                             elbo=f"{mean:.4g}", lr=f"{settings.lr * state.plateau.lr_scale:.2g}"
                         )
                         bar.update(window)
-                    if vi.checkpoint is not None and (step + 1) % vi.checkpoint_every == 0:
+                    if lead and vi.checkpoint is not None and (
+                        step + 1) % vi.checkpoint_every == 0:
                         write_checkpoint(run, save, at=f"step {step + 1}")
                     if state.plateau.converged:
                         break
