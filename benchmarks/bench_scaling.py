@@ -6,9 +6,11 @@ vs 2 processes (torch.distributed, gloo).
   (``EM.stream(chunked(path, rows))``), and at ``N = 1e7`` streamed.  Per iteration:
   ``(T(iters) - T(1)) / (iters - 1)`` of whole fits with ``tol=0``, so set-up cancels.
 * **Peak memory** of one streamed EM iteration over a large ``.npy`` file (default 2 GB),
-  measured in a fresh process as ``ru_maxrss`` after the fit minus the resident size just
-  before it (after a warm-up fit on a small array): an upper bound of what the fit added,
-  against the size of one chunk.
+  measured in a fresh process as the peak resident size (``VmHWM``) after the fit minus
+  the resident size just before it (after a warm-up fit on a small array): an upper bound
+  of what the fit added, against the size of one chunk; and the peak of the Python/numpy
+  allocations during the fit (``tracemalloc``: the chunks read from the file; torch's own
+  temporaries are not traced).
 * **1 vs 2 processes**: EM iteration time on ``N = 1e6`` rows with every rank streaming
   its half, and data-parallel VI (``method="sgd"``) steps per second on a conjugate
   regression with every rank holding half the rows; both against one process on all rows.
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -71,6 +74,16 @@ def _per_iter(fit, iters: int) -> float:
 
 
 # ------------------------------------------------------------------ peak memory (own process)
+def _hwm() -> int:
+    """Peak resident bytes of this process's own memory (``VmHWM``, Linux): unlike
+    ``ru_maxrss`` it does not carry over the parent's peak through fork and exec."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _peak_child(path: str, rows: int) -> None:
     """Run in a fresh process: print JSON with the RSS growth of one streamed iteration."""
     torch.set_num_threads(1)
@@ -84,9 +97,12 @@ def _peak_child(path: str, rows: int) -> None:
         with open("/proc/self/statm") as fh:  # resident now (Linux), not the peak so far
             base = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         start = time.perf_counter()
+        tracemalloc.start()
         res = EM(model, num_steps=1, tol=0, progress=False).stream(chunked(path, rows))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"growth_bytes": peak - base, "base_bytes": base,
+        traced = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    peak = _hwm()
+    print(json.dumps({"growth_bytes": peak - base, "base_bytes": base, "traced_peak": traced,
                       "seconds": time.perf_counter() - start, "num_obs": res.num_obs}))
 
 
@@ -213,7 +229,9 @@ def _print(r: dict) -> None:
     print(f"peak memory of one streamed iteration over a {p['file_bytes'] / 2**30:.2f} GiB .npy "
           f"({p['num_obs']:,} rows, chunks of {p['chunk_bytes'] / 2**20:.0f} MiB): RSS grew "
           f"{p['growth_bytes'] / 2**20:.0f} MiB = {p['growth_over_chunk']:.2f} chunks "
-          f"(statistics {p['stats_bytes']} bytes), {p['seconds']:.1f} s")
+          f"(statistics {p['stats_bytes']} bytes), {p['seconds']:.1f} s; numpy/Python "
+          f"allocations peaked at {p['traced_peak'] / 2**20:.0f} MiB = "
+          f"{p['traced_peak'] / p['chunk_bytes']:.2f} chunks")
     one, two = r["parallel"]["1"] if "1" in r["parallel"] else r["parallel"][1], (
         r["parallel"]["2"] if "2" in r["parallel"] else r["parallel"][2])
     print(f"{'processes':>10s} {'EM s/iter (N=1e6)':>18s} {'VI steps/s':>11s}")

@@ -13,7 +13,10 @@ import torch
 
 from pyrovi.em.posterior import DiscretePosterior, GaussianPosterior
 
-__all__ = ["ClosedFormModel"]
+__all__ = ["ClosedFormModel", "STREAM_INIT_ROWS"]
+
+#: Rows of the first chunk that seed a streamed fit's initial parameters.
+STREAM_INIT_ROWS = 65536
 
 
 class ClosedFormModel(abc.ABC):
@@ -85,8 +88,9 @@ class ClosedFormModel(abc.ABC):
     ) -> dict:
         """Initial parameters of a streamed fit, from its first chunk ``first`` (and the
         summed statistics ``fixed`` when :attr:`stream_fixed`); default: :meth:`init_params`
-        on the first chunk."""
-        return self.init_params(self.prepare(first.to(dtype)))
+        on the first :data:`STREAM_INIT_ROWS` rows of the first chunk (so the seeding's
+        temporaries stay small whatever the chunk size)."""
+        return self.init_params(self.prepare(first[:STREAM_INIT_ROWS].to(dtype)))
 
     def stream_statistics(
         self, x: torch.Tensor, params: dict, shift: torch.Tensor

@@ -336,7 +336,7 @@ class EM:
         Only the ready models stream (:func:`~pyrovi.em.gaussian_mixture_model`,
         :func:`~pyrovi.em.factor_analysis_model`, :func:`~pyrovi.em.ppca_model`), with
         ``num_inits=1``; a mixture's initial parameters come from its first chunk
-        (k-means++ on it) unless given with ``init=``.  Under an initialised
+        (k-means++ on its first 65,536 rows) unless given with ``init=``.  Under an initialised
         ``torch.distributed`` process group each rank passes its own shard and every rank
         returns the same result (:mod:`pyrovi.distributed`); rank 0 writes the checkpoints,
         and ``pyrovi.resume(path).stream(chunks)`` continues one.

@@ -25,7 +25,6 @@ the same M-step and returns the same result.  Only rank 0 writes checkpoints.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -221,8 +220,15 @@ def _start(em: EM, chunks: Any, online: OnlineEM | None, start: float) -> tuple[
         source=source, group=group, dtype=dtype, device=device, shift=shift,
         num_features=x0.shape[1], params={},
     )
-    run.pending = itertools.chain([first], it)
+    run.pending = _prepend([first], it)
     return run, x0
+
+
+def _prepend(box: list, rest):
+    """``box``'s one chunk, then ``rest``; holds no reference to the chunk once yielded
+    (``itertools.chain([first], rest)`` would keep it alive for the whole pass)."""
+    yield box.pop()
+    yield from rest
 
 
 def stream_em(em: EM, chunks: Any, online: OnlineEM | None = None) -> EMResult:
