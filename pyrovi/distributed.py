@@ -9,9 +9,11 @@ pyrovi notices the initialised group and then
   computes the same M-step, so every rank returns the same result;
 * **VI** (``pyrovi.VI(..., method="sgd")``): every rank's model sees its shard through
   :func:`shard` (a ``pyro.plate`` subsample of the full size, so Pyro scales the shard's
-  log-likelihood by ``N / len(shard)``); the gradients are averaged over the ranks before
-  each optimizer step (:func:`average_gradients`), so the global parameters stay the same
-  on every rank, and the reported ELBO is the average of the ranks' unbiased estimates.
+  log-likelihood by ``N / len(shard)``); the gradients and losses are averaged over the
+  ranks with weights ``len(shard) / N`` before each optimizer step
+  (:class:`DataParallelELBO`), so the parameters stay the same on every rank and the
+  reported ELBO is the full-data one: the global terms once and every shard's likelihood
+  term once.
 
 A rank that raises makes every rank raise at the next collective: the others raise a
 :class:`~pyrovi.errors.RankError` naming the rank and its error (see :func:`agree`), so no
