@@ -314,8 +314,8 @@ class EM:
         chunks : iterable, callable, array or path
             The rows, as 2-D blocks: :func:`pyrovi.em.chunked` of a numpy array, memmap,
             tensor or ``.npy`` path; a list of tensors or arrays; a
-            ``torch.utils.data.DataLoader`` (batches ``x`` or ``[x]``, ``shuffle=False``
-            for batch EM); a function returning a fresh iterator at each call; or a
+            ``torch.utils.data.DataLoader`` (batches ``x`` or ``[x]``; the same rows at
+            every pass, in any order); a function returning a fresh iterator at each call; or a
             one-shot iterator (a generator object: online EM with one pass only).
         online : OnlineEM, optional
             ``None`` (default): exact batch EM, one pass over the data per iteration, the
