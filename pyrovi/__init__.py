@@ -34,6 +34,7 @@ from pyrovi.errors import (
     NonFiniteError,
     PyroviError,
     PyroviWarning,
+    RankError,
 )
 from pyrovi.guides import FAMILIES
 from pyrovi.resume import resume
@@ -72,6 +73,7 @@ __all__ = [
     "IntractableError",
     "NonFiniteError",
     "FitError",
+    "RankError",
     "CheckpointError",
     "PyroviWarning",
     "ConvergenceWarning",

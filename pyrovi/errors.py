@@ -15,6 +15,7 @@ __all__ = [
     "IntractableError",
     "NonFiniteError",
     "FitError",
+    "RankError",
     "CheckpointError",
     "PyroviWarning",
     "CheckpointWarning",
@@ -88,6 +89,21 @@ class NonFiniteError(FitError):
     def __init__(self, message: str, *, step: int, site: str | None, result: Any = None):
         super().__init__(message, step=step, result=result)
         self.site = site
+
+
+class RankError(FitError):
+    """Another rank of a distributed fit (:mod:`pyrovi.distributed`) raised; every rank
+    stopped at the same collective.
+
+    Attributes
+    ----------
+    rank : int or None
+        The rank that raised first (its error is named in the message).
+    """
+
+    def __init__(self, message: str, *, step: int, result: Any = None, rank: int | None = None):
+        super().__init__(message, step=step, result=result)
+        self.rank = rank
 
 
 class CheckpointError(PyroviError):

@@ -13,7 +13,10 @@ import torch
 
 from pyrovi.em.posterior import DiscretePosterior, GaussianPosterior
 
-__all__ = ["ClosedFormModel"]
+__all__ = ["ClosedFormModel", "STREAM_INIT_ROWS"]
+
+#: Rows of the first chunk that seed a streamed fit's initial parameters.
+STREAM_INIT_ROWS = 65536
 
 
 class ClosedFormModel(abc.ABC):
@@ -75,3 +78,34 @@ class ClosedFormModel(abc.ABC):
     def num_obs(self, data: torch.Tensor) -> int:
         """Number of observations (rows of the data)."""
         return int(data.shape[0])
+
+    # ---------------------------------------------- streaming (pyrovi.em.stream), optional
+    #: Whether :meth:`stream_statistics` ignores the parameters (one pass then suffices).
+    stream_fixed: bool = False
+
+    def stream_init(
+        self, first: torch.Tensor, fixed: dict | None, shift: torch.Tensor, dtype: torch.dtype
+    ) -> dict:
+        """Initial parameters of a streamed fit, from its first chunk ``first`` (and the
+        summed statistics ``fixed`` when :attr:`stream_fixed`); default: :meth:`init_params`
+        on the first :data:`STREAM_INIT_ROWS` rows of the first chunk (so the seeding's
+        temporaries stay small whatever the chunk size)."""
+        return self.init_params(self.prepare(first[:STREAM_INIT_ROWS].to(dtype)))
+
+    def stream_statistics(
+        self, x: torch.Tensor, params: dict, shift: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Additive float64 sufficient statistics of the rows ``x`` at ``params`` (sums over
+        the rows, about ``shift``), with ``"n"`` the number of rows; the statistics of
+        several chunks (or ranks) are their sums.  Models without it cannot be streamed."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no streaming statistics; fit it in memory with "
+            "EM(...).run(data)"
+        )
+
+    def stream_step(
+        self, stats: dict[str, torch.Tensor], params: dict, shift: torch.Tensor
+    ) -> tuple[float, dict]:
+        """``(log p(x | params), new params)`` from the summed statistics of all the data
+        at ``params`` (the E-step's log evidence and the M-step)."""
+        raise NotImplementedError(type(self).__name__)

@@ -17,6 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +70,9 @@ from pyrovi.em.estep import latent_kind
 from pyrovi.em.mstep import LBFGSMStep
 from pyrovi.em.posterior import DiscretePosterior, GaussianPosterior
 from pyrovi.em.result import EMResult
-from pyrovi.errors import ConvergenceWarning, ModelError, NonFiniteError
+from pyrovi.em.stream import FAMILY as STREAM_FAMILY
+from pyrovi.em.stream import OnlineEM, stream_em
+from pyrovi.errors import CheckpointError, ConvergenceWarning, ModelError, NonFiniteError
 
 __all__ = ["EM"]
 
@@ -305,6 +308,11 @@ class EM:
         first, ckpt = 0, None
         if self._resume is not None:
             ckpt, path = self._resume
+            if ckpt.family == STREAM_FAMILY:
+                raise CheckpointError(
+                    f"{path!r} is a checkpoint of a streamed fit (EM.stream); continue it with "
+                    "pyrovi.resume(path).stream(chunks)"
+                )
             check_compatible(ckpt, path, kind="em", family="em", prints=meta.fingerprint)
             run.restarts = [_Restart(**r) for r in ckpt.schedule["runs"]]
             first = ckpt.schedule["init"]
@@ -334,6 +342,43 @@ class EM:
                 ConvergenceWarning,
             )
         return self._result(best, run, run.restarts)
+
+    def stream(self, chunks: Any, *, online: OnlineEM | None = None) -> EMResult:
+        """Fit a ready model to data read a chunk of rows at a time (data larger than memory).
+
+        Parameters
+        ----------
+        chunks : iterable, callable, array or path
+            The rows, as 2-D blocks: :func:`pyrovi.em.chunked` of a numpy array, memmap,
+            tensor or ``.npy`` path; a list of tensors or arrays; a
+            ``torch.utils.data.DataLoader`` (batches ``x`` or ``[x]``; the same rows at
+            every pass, in any order); a function returning a fresh iterator at each call; or a
+            one-shot iterator (a generator object: online EM with one pass only).
+        online : OnlineEM, optional
+            ``None`` (default): exact batch EM, one pass over the data per iteration, the
+            same parameters and log-evidence trace as :meth:`run` on the whole data and a
+            non-decreasing log evidence.  An :class:`~pyrovi.em.OnlineEM`: Cappé-Moulines
+            online EM, an M-step after every chunk, ``online.num_passes`` passes.
+
+        Returns
+        -------
+        EMResult
+            Parameters, log-evidence trace and ``log_evidence`` as from :meth:`run`;
+            ``posterior`` is ``None`` (the per-row posterior is as large as the data) and
+            ``args`` is empty.  Under online EM the trace holds, per pass, the sum of each
+            chunk's log-likelihood at the parameters it met.
+
+        Notes
+        -----
+        Only the ready models stream (:func:`~pyrovi.em.gaussian_mixture_model`,
+        :func:`~pyrovi.em.factor_analysis_model`, :func:`~pyrovi.em.ppca_model`), with
+        ``num_inits=1``; a mixture's initial parameters come from its first chunk
+        (k-means++ on its first 65,536 rows) unless given with ``init=``.  Under an initialised
+        ``torch.distributed`` process group each rank passes its own shard and every rank
+        returns the same result (:mod:`pyrovi.distributed`); rank 0 writes the checkpoints,
+        and ``pyrovi.resume(path).stream(chunks)`` continues one.
+        """
+        return stream_em(self, chunks, online)
 
     def _prepare(self, closed: bool, args: tuple, kwargs: dict, seed: int, device):
         """Check the model and arguments before any work; return an engine factory."""

@@ -45,6 +45,7 @@ __all__ = [
     "ClosedFormEngine",
     "EnumEngine",
     "GaussianEngine",
+    "store_closed_form",
 ]
 
 _KINDS = ("closed_form", "discrete", "gaussian")
@@ -165,14 +166,19 @@ class ClosedFormEngine:
 
     def store(self) -> None:
         """Write the current parameters into the active Pyro parameter store."""
-        store = pyro.get_param_store()
-        for name, constraint in self.model.param_constraints.items():
-            if name in store:
-                del store[name]
-            try:
-                pyro.param(name, self.params[name].detach().clone(), constraint=constraint)
-            except (RuntimeError, ValueError):  # an invalid initial value: nothing to keep
-                pass
+        store_closed_form(self.model, self.params)
+
+
+def store_closed_form(model: ClosedFormModel, params: dict) -> None:
+    """Write a ready model's ``params`` into the active Pyro parameter store."""
+    store = pyro.get_param_store()
+    for name, constraint in model.param_constraints.items():
+        if name in store:
+            del store[name]
+        try:
+            pyro.param(name, params[name].detach().clone(), constraint=constraint)
+        except (RuntimeError, ValueError):  # an invalid initial value: nothing to keep
+            pass
 
 
 class EnumEngine:

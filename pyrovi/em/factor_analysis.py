@@ -161,7 +161,7 @@ class FactorAnalysisModel(ClosedFormModel):
 
     def e_step(self, data: _FAData, params: dict) -> tuple[float, _FAStats]:
         """Exact log-likelihood (matrix determinant lemma + Woodbury) and posterior moments."""
-        N, D = data.x.shape
+        N, D = data.x.shape[0], data.cov.shape[0]
         psi, wt_pinv, chol, G = self._stats(params, D)
         delta = data.mean - params["mean"]
         S = data.cov + torch.outer(delta, delta)
@@ -182,6 +182,42 @@ class FactorAnalysisModel(ClosedFormModel):
             psi = psi.mean()  # the maximiser, then the floor: the constrained maximiser
         psi = psi.clamp_min(data.floor)
         return {"loading": W, "mean": data.mean.clone(), "noise_variance": psi}
+
+    # ------------------------------------------------------------------ streaming
+    #: the statistics (count, sum, second moments) do not depend on the parameters
+    stream_fixed = True
+
+    def stream_statistics(self, x: torch.Tensor, params: dict, shift: torch.Tensor) -> dict:
+        """Row count, :math:`\\sum_n (x_n - c)` and :math:`\\sum_n (x_n - c)(x_n - c)^\\top`
+        about ``shift`` ``c``, in float64 (additive over chunks and ranks)."""
+        xc = (x - shift.to(x.dtype)).to(torch.float64)
+        return {"n": torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device),
+                "sx": xc.sum(0), "sxx": xc.T @ xc}
+
+    def stream_data(self, stats: dict, shift: torch.Tensor, dtype: torch.dtype) -> _FAData:
+        """The sample mean and covariance of all the data from summed statistics (``x`` is
+        not held: the per-row posterior of a streamed fit is not computed)."""
+        N = float(stats["n"])
+        m = stats["sx"] / N
+        cov = (stats["sxx"] / N - torch.outer(m, m)).to(dtype)
+        D = cov.shape[0]
+        floor = self.min_noise
+        if N <= D:
+            floor = max(floor, RELATIVE_FLOOR * float(cov.diagonal().mean().clamp_min(0)))
+        x = torch.empty(int(N), 0, dtype=dtype, device=cov.device)  # only its row count
+        return _FAData(x=x, mean=(m + shift).to(dtype), cov=cov, floor=floor)
+
+    def stream_init(self, first: torch.Tensor, fixed: dict | None, shift: torch.Tensor,
+                    dtype: torch.dtype) -> dict:
+        """Initial parameters from the summed statistics of all the data (as
+        :meth:`init_params`)."""
+        return self.init_params(self.stream_data(fixed, shift, dtype))
+
+    def stream_step(self, stats: dict, params: dict, shift: torch.Tensor) -> tuple[float, dict]:
+        """The exact log-likelihood and the M-step, from the data's mean and covariance."""
+        data = self.stream_data(stats, shift, params["loading"].dtype)
+        ll, post = self.e_step(data, params)
+        return ll, self.m_step(data, post)
 
     def posterior(self, data: _FAData, stats: _FAStats) -> GaussianPosterior:
         """Per-point Gaussian posteriors of ``z`` (shared covariance)."""

@@ -301,6 +301,58 @@ class GaussianMixtureModel(ClosedFormModel):
         params["weights"] = params["weights"] / params["weights"].sum()
         return params
 
+    # ------------------------------------------------------------------ streaming
+    def stream_statistics(self, x: torch.Tensor, params: dict, shift: torch.Tensor) -> dict:
+        """Log-likelihood, ``N_k``, :math:`\\sum_n r_{nk}(x_n - c)` and the second moments
+        :math:`\\sum_n r_{nk}(x_n - c)(x_n - c)^\\top` (diagonal: squares) of the rows
+        ``x`` about ``shift`` ``c``, in float64 (additive over chunks and ranks)."""
+        prec = self._precision_factor(params["covariances"])
+        log_w = params["weights"].log()
+        K, D = self.n_components, x.shape[1]
+        f64 = dict(dtype=torch.float64, device=x.device)
+        sxx_shape = (K * D, D) if self.covariance_type == "full" else (K, D)
+        out = {"n": torch.tensor(float(x.shape[0]), **f64), "loglik": torch.zeros((), **f64),
+               "nk": torch.zeros(K, **f64), "sx": torch.zeros(K, D, **f64),
+               "sxx": torch.zeros(sxx_shape, **f64)}
+        step = self._chunk(x)
+        for s in range(0, x.shape[0], step):
+            lp = self._log_gaussian(x[s : s + step], params, prec, log_w)
+            norm = torch.logsumexp(lp, dim=1)
+            out["loglik"] += norm.sum().to(torch.float64)
+            resp = lp.sub_(norm.unsqueeze(1)).exp_()
+            xc = x[s : s + step] - shift.to(x.dtype)
+            out["nk"] += resp.sum(0).to(torch.float64)
+            out["sx"] += (resp.T @ xc).to(torch.float64)
+            if self.covariance_type == "full":
+                weighted = (resp.unsqueeze(-1) * xc.unsqueeze(1)).view(-1, K * D)
+                out["sxx"] += (weighted.T @ xc).to(torch.float64)
+            else:
+                out["sxx"] += (resp.T @ xc.square()).to(torch.float64)
+        return out
+
+    def stream_step(self, stats: dict, params: dict, shift: torch.Tensor) -> tuple[float, dict]:
+        """The M-step of :meth:`m_step` from summed :meth:`stream_statistics` (the same
+        update, ``10 eps`` added to ``N_k`` and ``reg_covar`` to the diagonal)."""
+        dtype = params["means"].dtype
+        K, D = params["means"].shape
+        N = float(stats["n"])
+        nk = stats["nk"] + 10 * torch.finfo(dtype).eps
+        mc = stats["sx"] / nk.unsqueeze(1)  # component means about the shift
+        if self.covariance_type == "full":
+            moments = stats["sxx"].view(K, D, D)
+            covs = moments / nk.view(K, 1, 1) - mc.unsqueeze(-1) * mc.unsqueeze(-2)
+            scale = moments.diagonal(dim1=-2, dim2=-1).sum(0) / N + mc.square()
+            covs.diagonal(dim1=-2, dim2=-1).add_(self.reg_covar)
+        else:
+            covs = stats["sxx"] / nk.unsqueeze(1) - mc.square() + self.reg_covar
+            scale = stats["sxx"].sum(0) / N + mc.square()
+        covs = covs.to(dtype)
+        self._check_covariances(covs, scale.to(dtype))
+        weights = (nk / N).to(dtype)
+        new = {"weights": weights / weights.sum(), "means": (mc + shift).to(dtype),
+               "covariances": covs}
+        return float(stats["loglik"]), new
+
     def posterior(self, data: torch.Tensor, log_resp: torch.Tensor) -> DiscretePosterior:
         """Responsibilities ``p(assignment[n] = k | x_n)`` as a factorized posterior."""
         return DiscretePosterior(marginals={self.latent_site: log_resp.exp()}, factorized=True)

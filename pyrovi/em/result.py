@@ -64,8 +64,10 @@ class EMResult(FitResult):
         Plate max_plate_nesting of the model (for Pyro's enumeration).
     latent_sites : tuple of str
         The latent sites whose exact posterior is held.
-    posterior : DiscretePosterior or GaussianPosterior
-        The exact posterior :math:`p(z \mid x, \theta)` at the fitted parameters.
+    posterior : DiscretePosterior or GaussianPosterior or None
+        The exact posterior :math:`p(z \mid x, \theta)` at the fitted parameters; ``None``
+        for a streamed fit (:meth:`pyrovi.EM.stream`), whose per-row posterior would be as
+        large as the data.
     num_obs : int
         Number of observations (entries of the observed sites' batch shapes); ``tol`` is
         compared to the change of ``log_evidence / num_obs``.
@@ -91,7 +93,7 @@ class EMResult(FitResult):
     family: str
     max_plate_nesting: int
     latent_sites: tuple
-    posterior: DiscretePosterior | GaussianPosterior
+    posterior: DiscretePosterior | GaussianPosterior | None
     num_obs: int = 0
     m_step: str = "generic"
     log_evidence_inits: tuple = ()
@@ -138,8 +140,17 @@ class EMResult(FitResult):
             Site -> draws of shape ``(n, *site value shape)`` (constrained space).
         """
         check_positive("n", n, integer=True)
+        self._check_posterior("sample")
         with seeded_draws(seed, self.device):
             return _posterior.sample_posterior(self, n)
+
+    def _check_posterior(self, what: str) -> None:
+        if self.posterior is None:
+            raise ValueError(
+                f"EMResult.{what} needs the per-row posterior, which a streamed fit "
+                "(EM.stream) does not keep (it is as large as the data); fit a subset in "
+                "memory with EM(model).run(x) for it, or use result.params"
+            )
 
     def log_posterior(self, samples: dict[str, torch.Tensor]) -> torch.Tensor:
         r"""Exact :math:`\log p(z \mid x, \theta)` of draws ``samples`` (as from
@@ -150,11 +161,13 @@ class EMResult(FitResult):
                 f"samples lacks the latent site(s) {missing}; expected a dict with keys "
                 f"{list(self.latent_sites)} as returned by sample()"
             )
+        self._check_posterior("log_posterior")
         return _posterior.log_posterior(self, samples)
 
     def log_joint(self, samples: dict[str, torch.Tensor]) -> torch.Tensor:
         r""":math:`\log p(x, z \mid \theta)` of draws ``samples`` at the fitted parameters,
         shape ``(n,)``."""
+        self._check_posterior("log_joint")
         return _posterior.log_joint(self, samples)
 
     def to_arviz(self, num_samples: int = 1000, **kwargs):

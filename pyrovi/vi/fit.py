@@ -32,6 +32,7 @@ import pyro.poutine as poutine
 import torch
 
 import pyrovi.fast as fast
+from pyrovi import distributed
 from pyrovi._draws import site_shapes
 from pyrovi._model import ModelInfo
 from pyrovi._progress import Progress, format_count, format_estimate
@@ -376,7 +377,9 @@ class Fit:
         VI on the compiled path where it applies, else on Pyro's SVI; warn if the budget
         ran out; return the final result.  The progress display ends with a line that
         carries the result's numbers (or is closed on an error)."""
-        self.display = Progress(f"VI {self.vi.guide_spec.name}", enabled=self.vi.progress)
+        # under a torch.distributed group only rank 0 shows progress
+        self.display = Progress(f"VI {self.vi.guide_spec.name}",
+                                enabled=self.vi.progress and distributed.rank() == 0)
         try:
             return self._train()
         finally:
@@ -399,6 +402,17 @@ class Fit:
     def _train(self) -> VIResult:
         vi = self.vi
         settings = self.settings()
+        if distributed.is_distributed():
+            if vi.method != "sgd" or vi.backend == "compiled":
+                raise ValueError(
+                    f"a torch.distributed process group of {distributed.world_size()} ranks is "
+                    f"running, and data-parallel VI runs the stochastic-gradient path on "
+                    f"Pyro's SVI; got method={vi.method!r}, backend={vi.backend!r}. Pass "
+                    "method='sgd' (and backend='auto' or 'svi'), or fit on one process"
+                )
+            self.run.notes.append(
+                f"data-parallel VI on {distributed.world_size()} ranks (pyrovi.distributed)")
+            return self._finish(self._train_svi(settings), "svi")
         if vi.method != "sgd":
             result = self._dadvi(settings)
             if result is not None:
@@ -562,6 +576,9 @@ class Fit:
             max_plate_nesting=self.info.max_plate_nesting,
             enumerate=bool(self.enumerated),
         )
+        if distributed.is_distributed():  # the loss and gradients of every rank's data
+            elbo_fn = distributed.DataParallelELBO(elbo_fn)
+        lead = distributed.rank() == 0  # the rank that writes checkpoints and shows progress
         state = _LoopState(trace=[], plateau=PlateauState())
         first = self._restore(self.resume_from, state) if self.resume_from else 0
         run.mark_rng()  # the random state of the completed steps, for checkpoints
@@ -579,7 +596,7 @@ class Fit:
             unit="step",
             done=lambda: len(state.trace),
             partial=lambda: self._result(state.trace, False, False, num_skipped=state.skipped),
-            save=save,
+            save=save if lead else None,
             who="the model or guide",
             trace="ELBO trace",
         )
@@ -633,7 +650,8 @@ class Fit:
                             group["lr"] = base * state.plateau.lr_scale
                         self.display.window(mean, mean.se, state.plateau, settings.rule,
                                             settings.lr * state.plateau.lr_scale)
-                    if vi.checkpoint is not None and (step + 1) % vi.checkpoint_every == 0:
+                    if lead and vi.checkpoint is not None and (
+                        step + 1) % vi.checkpoint_every == 0:
                         write_checkpoint(run, save, at=f"step {step + 1}")
                     if state.plateau.converged:
                         break

@@ -16,6 +16,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 
+from pyrovi import distributed
 from pyrovi._model import ModelInfo
 from pyrovi._plates import draw_plate, is_traced_sample
 
@@ -135,5 +136,8 @@ def estimate_elbo(
     values = np.array(
         [-float(elbo.loss(model, guide, *args, **kwargs)) for _ in range(num_batches)]
     )
+    # data-parallel VI: each rank's values are its shard's estimates; their weighted sum
+    # over the ranks is the full-data estimate (identity on one process)
+    values = distributed.reduce_values(values).numpy()
     se = float(values.std(ddof=1) / math.sqrt(num_batches)) if num_batches > 1 else float("nan")
     return ELBOEstimate(float(values.mean()), se, per_batch * num_batches)
