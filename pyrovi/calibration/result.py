@@ -147,11 +147,40 @@ class CalibrationResult:
         Returns
         -------
         dict of str to numpy.ndarray
-            Site -> array of shape ``(1, num_simulations, *site_shape)``, ready for
-            ``arviz.from_dict(posterior=result.to_arviz_dict(), dims=result.dims)`` and
-            ArviZ's plots (e.g. ``arviz.plot_dist``).
+            Site -> array of shape ``(1, num_simulations, *site_shape)``: the ``posterior``
+            of ``arviz.from_dict``, which each ArviZ line spells differently
+            (0.2x: ``from_dict(posterior=arrays, dims=result.dims)``; 1.x:
+            ``from_dict({"posterior": arrays}, dims=result.dims)``).
+            :meth:`to_arviz` makes the container on either line.
         """
         return {site: p[None] for site, p in self.probabilities.items()}
+
+    def to_arviz(self):
+        """The probabilities as the installed ArviZ line's container, for ArviZ's plots.
+
+        One group, ``posterior``: every site's probabilities as one chain of
+        ``num_simulations`` draws (:meth:`to_arviz_dict`), with the site dimensions named
+        by :attr:`dims`; its attributes are ``guide``, ``num_draws``, ``num_simulations``
+        and ``seed``.
+
+        Returns
+        -------
+        arviz.InferenceData or xarray.DataTree
+            An ``InferenceData`` on ArviZ 0.2x, a ``DataTree`` on ArviZ 1.x (see
+            :func:`pyrovi.arviz.backend.arviz_line`), as :func:`pyrovi.to_arviz` returns;
+            e.g. ``arviz.plot_dist(result.to_arviz())`` on 1.x.
+        """
+        from pyrovi.arviz.backend import make_container, make_dataset
+
+        posterior = make_dataset(
+            self.to_arviz_dict(),
+            coords={},
+            dims={site: list(names) for site, names in self.dims.items()},
+            sample=True,
+            attrs={"guide": self.guide, "num_draws": self.num_draws,
+                   "num_simulations": self.num_simulations, "seed": self.seed},
+        )
+        return make_container({"posterior": posterior})
 
     def to_xarray(self):
         """Everything as one ``xarray.Dataset``.

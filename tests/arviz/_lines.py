@@ -6,6 +6,7 @@ plain numbers, arrays or names, so that one assertion checks both lines.
 =====================  ==============================  =====================================
 what                   ArviZ 0.2x                      ArviZ 1.x (arviz-base/stats/plots)
 =====================  ==============================  =====================================
+groups from arrays     ``az.from_dict(posterior=)``    ``az.from_dict({"posterior": ...})``
 group names            ``idata.groups()``              ``list(dt.children)``
 LOO elpd, p, pointwise ``elpd_loo``, ``p_loo``,        ``elpd``, ``p``, ``elpd_i``
                        ``loo_i``
@@ -24,6 +25,15 @@ import xarray as xr
 from pyrovi.arviz.backend import arviz_line
 
 LINE = arviz_line()
+
+
+def from_dict(groups: dict, **kwargs):
+    """``az.from_dict`` of ``{group: {variable: array}}`` (``coords=``, ``dims=`` as keywords)."""
+    import arviz as az
+
+    if LINE == 0:
+        return az.from_dict(**groups, **kwargs)
+    return az.from_dict(groups, **kwargs)
 
 
 def group_names(data) -> list[str]:

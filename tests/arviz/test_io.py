@@ -3,25 +3,19 @@ both ArviZ lines (``InferenceData`` on 0.2x, ``xarray.DataTree`` on 1.x)."""
 
 import os
 
-import arviz as az
 import numpy as np
 import pytest
 import xarray as xr
 
 import pyrovi
 from pyrovi.arviz import decode_attrs, to_arviz
-from pyrovi.arviz.backend import arviz_line
 from pyrovi.errors import PyroviError
 
-
-def _from_dict(groups):
-    if arviz_line() == 1:
-        return az.from_dict(groups)
-    return az.from_dict(**groups)
+from ._lines import from_dict
 
 
 def _idata():
-    idata = _from_dict({"posterior": {"a": np.arange(10.0).reshape(1, 10)}})
+    idata = from_dict({"posterior": {"a": np.arange(10.0).reshape(1, 10)}})
     idata.posterior.attrs.update(
         {"note": None, "converged": True, "config": {"lr": 0.05, "steps": [1, 2]}, "k": 3}
     )

@@ -203,8 +203,22 @@ def test_to_xarray_and_arviz_dict(hier_result):
     assert ds.attrs["guide"] == "em" and ds.attrs["num_draws"] == 50
     arrays = r.to_arviz_dict()
     assert arrays["theta"].shape == (1, 12, 3)
-    idata = az.from_dict(posterior=arrays, dims=r.dims)
-    assert idata.posterior["theta"].dims == ("chain", "draw", "groups")
+    np.testing.assert_array_equal(arrays["theta"][0], r.probabilities["theta"])
+    from tests.arviz._lines import from_dict, group_names
+
+    # the layout ArviZ's from_dict takes (spelled per line), and pyrovi's own container
+    for idata in (from_dict({"posterior": arrays}, dims=r.dims), r.to_arviz()):
+        assert group_names(idata) == ["posterior"]
+        posterior = idata.posterior
+        assert posterior["theta"].dims == ("chain", "draw", "groups")
+        assert posterior["mu"].dims == ("chain", "draw")
+        np.testing.assert_array_equal(posterior["theta"].values[0], r.probabilities["theta"])
+        np.testing.assert_array_equal(posterior["mu"].values[0], r.probabilities["mu"])
+        # an ArviZ function reads it: the mean over the 12 simulations
+        mean = az.summary(idata, var_names=["mu"], kind="stats", round_to="none")["mean"]
+        assert float(mean.iloc[0]) == pytest.approx(r.probabilities["mu"].mean(), rel=1e-6)
+    attrs = r.to_arviz().posterior.attrs
+    assert attrs["guide"] == "em" and attrs["num_draws"] == 50 and attrs["seed"] == 3
 
 
 def test_same_seed_same_result_and_caller_rng_untouched():

@@ -21,7 +21,7 @@ def run_example(name: str, **kwargs) -> dict:
     spec.loader.exec_module(module)
     with warnings.catch_warnings():
         # quick runs stop before VI's convergence rule is met, on purpose
-        warnings.filterwarnings("ignore", message="VI stopped at num_steps")
+        warnings.filterwarnings("ignore", message="(DADVI|VI) stopped at num_steps")
         return module.main(quick=True, **kwargs)
 
 
@@ -80,6 +80,15 @@ def test_logistic_regression_against_nuts(tmp_path):
     assert ratio["fullrank"] == pytest.approx(1.0, abs=0.2)
     assert out["mean_error"]["fullrank"] < 0.6
     assert pathlib.Path(out["png"]).stat().st_size > 10_000
+    # every model's intervals are drawn, in its own colour of the default cycle (an ArviZ
+    # 1.x forest plot of draws padded to a common length is blank but for its labels)
+    import matplotlib.colors as mcolors
+    import matplotlib.image as mimage
+
+    image = mimage.imread(out["png"])[..., :3]
+    for colour in ("C0", "C1", "C2", "C3"):  # NUTS, meanfield, lowrank:2, fullrank
+        near = np.abs(image - np.array(mcolors.to_rgb(colour))).max(-1) < 0.05
+        assert near.sum() > 200, colour
 
 
 def test_tomography_meanfield_understates_uncertainty():
