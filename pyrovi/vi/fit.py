@@ -58,6 +58,7 @@ from pyrovi.checkpoint import Checkpoint, fingerprint
 from pyrovi.errors import ConvergenceWarning, NonFiniteError
 from pyrovi.families import REGISTRY, QParams
 from pyrovi.fast import dadvi
+from pyrovi.vi.minibatch import Batches, pass_elbo, subsample_fraction
 from pyrovi.vi.objective import estimate_elbo, make_elbo
 from pyrovi.vi.result import VIResult
 
@@ -123,6 +124,9 @@ class Fit:
         A checkpoint to continue from.
     display : Progress
         What the terminal shows (made by :meth:`train`).
+    batches : Batches or None
+        Minibatch VI: each step's model arguments (``args``, ``kwargs`` are the first
+        batch's).
     """
 
     vi: object
@@ -136,6 +140,7 @@ class Fit:
     run: RunState
     resume_from: Checkpoint | None = None
     display: Progress | None = None
+    batches: Batches | None = None
 
     # ------------------------------------------------------------------- the result
     def _result(
@@ -162,7 +167,7 @@ class Fit:
         elif final:
             guide, extra = vi.guide_spec.finalize(guide, self.args, self.kwargs)
             params.update(extra)
-            est = estimate_elbo(
+            est = self._pass_elbo(guide) if self.batches is not None else estimate_elbo(
                 self.model,
                 guide,
                 self.args,
@@ -202,6 +207,36 @@ class Fit:
             interrupted=run.interrupted,
             dadvi=dadvi_outcome,
         )
+
+    def _pass_elbo(self, guide):
+        """Minibatch VI's final ELBO: one pass over the batches (see
+        :func:`~pyrovi.vi.minibatch.pass_elbo`), with a note when the pass does not cover
+        the data plate's rows once."""
+
+        def fraction(args, kwargs):
+            with torch.no_grad():
+                trace = poutine.trace(self.model).get_trace(*args, **kwargs)
+            share = subsample_fraction(trace)
+            if share is None:
+                raise ValueError(
+                    "batches=: a batch of the final pass subsampled no plate; every batch "
+                    "must use pyro.plate('data', N, subsample=idx)"
+                )
+            return share
+
+        est, covered = pass_elbo(
+            self.batches, self.model, guide, fraction,
+            num_particles=max(2, math.ceil(self.vi.elbo_particles / 20)),
+            vectorize=self.vectorize,
+            max_plate_nesting=self.info.max_plate_nesting,
+            enumerate=bool(self.enumerated),
+        )
+        if abs(covered - 1.0) > 1e-6:
+            self.run.notes.append(
+                f"the final pass over batches= covered {covered:.4g} times the data plate's "
+                "rows, not once: the final ELBO scales the rows it saw to the whole data set"
+            )
+        return est
 
     # --------------------------------------------------------------------- training
     def settings(self) -> Settings:
@@ -402,6 +437,10 @@ class Fit:
     def _train(self) -> VIResult:
         vi = self.vi
         settings = self.settings()
+        if self.batches is not None:  # options were checked by VI.run
+            self.run.notes.append(
+                "minibatch VI: each step on the next batch of batches= (Pyro's SVI)")
+            return self._finish(self._train_svi(settings), "svi")
         if distributed.is_distributed():
             if vi.method != "sgd" or vi.backend == "compiled":
                 raise ValueError(
@@ -603,10 +642,12 @@ class Fit:
         try:
             with policy:
                 for step in range(first, settings.num_steps):
+                    args, kwargs = (
+                        self.batches.next() if self.batches else (self.args, self.kwargs))
                     with poutine.trace(param_only=True) as capture:
                         try:
                             loss = elbo_fn.loss_and_grads(
-                                self.model, self.guide, *self.args, **self.kwargs
+                                self.model, self.guide, *args, **kwargs
                             )
                         except ValueError as err:
                             # Pyro's validation refuses a NaN distribution parameter: a
