@@ -440,7 +440,19 @@ class Fit:
         if self.batches is not None:  # options were checked by VI.run
             self.run.notes.append(
                 "minibatch VI: each step on the next batch of batches= (Pyro's SVI)")
-            return self._finish(self._train_svi(settings), "svi")
+            outcome = self._train_svi(settings)
+            if len(outcome.trace) >= vi.window and vi.tol > 0:
+                # the window se carries the batch-to-batch spread: say how coarse it made
+                # the rule, whose lr cuts come every `patience` windows below that
+                se = window_mean(outcome.trace[-vi.window:]).se
+                self.run.notes.append(
+                    f"minibatch noise: the last window's mean ELBO had a standard error of "
+                    f"{se:.3g} nats, so the convergence rule counted as progress only gains "
+                    f"above {vi.rule.threshold(se * math.sqrt(2)):.3g} nats per window; "
+                    "judge the fit by the final ELBO (one pass over the batches), or raise "
+                    "window="
+                )
+            return self._finish(outcome, "svi")
         if distributed.is_distributed():
             if vi.method != "sgd" or vi.backend == "compiled":
                 raise ValueError(

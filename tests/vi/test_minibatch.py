@@ -78,6 +78,10 @@ def test_minibatch_fullrank_fit_reaches_the_closed_form_posterior(problem):
     assert float(((draws.mean(0) - mean).abs() / sd).max()) < 0.2
     assert float(((draws.std(0) - sd).abs() / sd).max()) < 0.05
     assert any("minibatch VI" in note for note in result.notes)
+    # the window's standard error carries the batch-to-batch spread (a batch's log
+    # likelihood scaled by N / B = 20): the note says how coarse that made the rule
+    [noise] = [note for note in result.notes if note.startswith("minibatch noise")]
+    assert float(noise.split("error of ")[1].split(" nats")[0]) > 1.0
 
 
 def test_the_steps_see_minibatch_elbos_scaled_to_the_whole_data_set(problem):
