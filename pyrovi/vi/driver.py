@@ -290,6 +290,7 @@ class VI:
         if batches is not None:
             source = Batches(batches, device, args, kwargs)
             args, kwargs = source.next()  # the first batch sets the model up
+            source.restart()  # training steps start on a pass boundary
         seed = resolve_seed(self.seed)
         run = RunState(seed=seed, device=device, checkpoint=self.checkpoint)
         with fit_context(seed, device):

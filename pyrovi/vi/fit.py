@@ -442,15 +442,15 @@ class Fit:
                 "minibatch VI: each step on the next batch of batches= (Pyro's SVI)")
             outcome = self._train_svi(settings)
             if len(outcome.trace) >= vi.window and vi.tol > 0:
-                # the window se carries the batch-to-batch spread: say how coarse it made
-                # the rule, whose lr cuts come every `patience` windows below that
-                se = window_mean(outcome.trace[-vi.window:]).se
+                # say how fine the rule could judge: the se the rule saw in the last window
+                per_pass = self.batches.steps_per_pass
+                group = per_pass if per_pass and vi.window % per_pass == 0 else None
+                se = window_mean(outcome.trace[-vi.window:], group).se
                 self.run.notes.append(
                     f"minibatch noise: the last window's mean ELBO had a standard error of "
                     f"{se:.3g} nats, so the convergence rule counted as progress only gains "
                     f"above {vi.rule.threshold(se * math.sqrt(2)):.3g} nats per window; "
-                    "judge the fit by the final ELBO (one pass over the batches), or raise "
-                    "window="
+                    "judge the fit by the final ELBO (one pass over the batches)"
                 )
             return self._finish(outcome, "svi")
         if distributed.is_distributed():
@@ -636,6 +636,17 @@ class Fit:
         known = set(state.known)
         max_norm = settings.clip_norm if settings.clip_norm is not None else math.inf
         window = settings.window
+        pass_len = None  # minibatch VI: steps per pass, when windows hold whole passes
+        if self.batches is not None:
+            per_pass = self.batches.steps_per_pass
+            if per_pass and window % per_pass == 0 and window // per_pass >= 2:
+                pass_len = per_pass
+            else:
+                run.notes.append(
+                    f"minibatch VI: window={window} is not a whole number (>= 2) of passes "
+                    f"over batches= ({per_pass or 'unknown'} batches each), so the "
+                    "convergence rule's standard error counts the batch-to-batch spread"
+                )
         self._sgd_stage("svi", first)
         nonfinite: NonFinite | None = None
 
@@ -697,7 +708,7 @@ class Fit:
                     run.mark_rng()
                     self.display.advance(1)  # the loss is a host float already
                     if (step + 1) % window == 0:
-                        mean = window_mean(state.trace[-window:])
+                        mean = window_mean(state.trace[-window:], pass_len)
                         state.plateau = settings.rule.update(state.plateau, mean)
                         for group, base in zip(state.optimizer.param_groups, state.base_lrs):
                             group["lr"] = base * state.plateau.lr_scale

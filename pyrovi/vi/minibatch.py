@@ -8,12 +8,14 @@ model writes its data plate with the full size and the batch's rows,
 ``N / B`` and each step's ELBO is an unbiased estimate of the full-data ELBO (Hoffman et
 al. 2013, stochastic variational inference).
 
-Convergence needs nothing new: the plateau rule (:mod:`pyrovi._steps`) judges window means
-of the per-step ELBOs with the standard error from their spread within the window, and the
-per-step values already vary with the batch as well as with the draws from q, so that
-error carries the minibatch noise.  (With an unshuffled loader whose pass divides the
-window the batches repeat in every window, and the spread overstates the error: the rule
-is then slower to count progress, never quicker.)
+Convergence: the plateau rule (:mod:`pyrovi._steps`) judges window means of the per-step
+ELBOs, whose spread is here mostly batch-to-batch (each batch's likelihood is scaled by
+``N / B``), so the steps' spread would make the rule blind to all but large gains.  A pass
+sees every row once, so a pass mean is free of that spread: training starts on a pass
+boundary, and when a window holds a whole number (>= 2) of passes the rule's standard error
+is that of the window's pass means (:func:`~pyrovi._steps.window_mean` with ``group``).
+Otherwise it stays the steps' (larger: the rule is slower to count progress and stops on
+its cadence of stalls), and a note says so.
 
 The final ELBO is one pass over the source: the batch estimates weighted by the batch's
 share ``B / N`` of the rows, which is the full-data ELBO exactly when the pass covers every
@@ -107,6 +109,16 @@ class Batches:
         self.args, self.kwargs = tuple(args), dict(kwargs or {})
         self._it: Iterator = first_iter
         self.passes = 0
+        #: batches in one pass, where the source knows (``len``), else None
+        self.steps_per_pass: int | None = None
+        try:
+            self.steps_per_pass = len(source) or None
+        except TypeError:
+            pass
+
+    def restart(self) -> None:
+        """Start the next batch at the beginning of a new pass."""
+        self._it = iter(self.source)
 
     def _moved(self, batch) -> tuple[tuple, dict]:
         args, kwargs = _as_call(batch)
