@@ -163,13 +163,22 @@ class WindowMean(float):
         return obj
 
 
-def window_mean(values: Sequence[float]) -> WindowMean:
+def window_mean(values: Sequence[float], group: int | None = None) -> WindowMean:
     """A window's mean ELBO over its finite steps (``-inf`` when none is finite), with the
-    standard error of that mean (``sd / sqrt(n)`` of the finite steps) as ``.se``."""
+    standard error of that mean (``sd / sqrt(n)`` of the finite steps) as ``.se``.
+
+    With ``group`` (minibatch VI: the steps of one pass over the data, which the window
+    holds a whole number of, at least 2, aligned on pass boundaries) the standard error is
+    that of the mean of the passes' means instead: a pass sees every row once, so its mean
+    is free of the batch-to-batch spread that the steps' spread would count."""
     arr = np.asarray(values, dtype=np.float64)
     finite = arr[np.isfinite(arr)]
     if finite.size == 0:
         return WindowMean(-math.inf, 0.0)
+    if group and arr.size % group == 0 and arr.size // group >= 2 and finite.size == arr.size:
+        passes = arr.reshape(-1, group).mean(axis=1)
+        se = float(passes.std(ddof=1) / math.sqrt(passes.size))
+        return WindowMean(float(passes.mean()), se)
     se = float(finite.std(ddof=1) / math.sqrt(finite.size)) if finite.size > 1 else 0.0
     return WindowMean(float(finite.mean()), se)
 

@@ -36,6 +36,7 @@ from pyrovi.guides import GuideSpec, build_guide, parse_guide
 from pyrovi.vi.checks import check_model, check_user_guide
 from pyrovi.vi.convergence import PlateauRule
 from pyrovi.vi.fit import Fit
+from pyrovi.vi.minibatch import Batches, check_minibatch_options, subsample_fraction
 from pyrovi.vi.objective import vectorization_problem
 from pyrovi.vi.result import VIResult
 
@@ -243,8 +244,21 @@ class VI:
         )
 
     # ---------------------------------------------------------------------------- run
-    def run(self, *args, **kwargs) -> VIResult:
+    def run(self, *args, batches=None, **kwargs) -> VIResult:
         """Fit the guide to ``model(*args, **kwargs)``.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            The model's arguments.
+        batches : iterable, optional
+            Minibatch VI (:mod:`pyrovi.vi.minibatch`): a re-iterable source of batches (a
+            ``torch.utils.data.DataLoader``); each step calls ``model(*args, *batch,
+            **kwargs)`` on the next batch (a mapping batch adds keyword arguments).  The
+            model must subsample one plate with the full size,
+            ``pyro.plate("data", N, subsample=idx)``, so Pyro scales the batch by ``N / B``.
+            Needs ``method="sgd"``; the final ELBO is one pass over the batches, and
+            ``result.args`` are those of the first batch.
 
         Returns
         -------
@@ -267,14 +281,29 @@ class VI:
         -----
         Ctrl-C returns the result so far (``result.interrupted``), with a warning.
         """
+        if batches is not None:
+            check_minibatch_options(self)
         device = resolve_device(self.device, args, kwargs)
         args = move_to_device(args, device)
         kwargs = move_to_device(kwargs, device)
+        source = None
+        if batches is not None:
+            source = Batches(batches, device, args, kwargs)
+            args, kwargs = source.next()  # the first batch sets the model up
+            source.restart()  # training steps start on a pass boundary
         seed = resolve_seed(self.seed)
         run = RunState(seed=seed, device=device, checkpoint=self.checkpoint)
         with fit_context(seed, device):
             info = traced_model(self.model, args, kwargs)
             check_trace_values(info.trace)
+            if source is not None and subsample_fraction(info.trace) is None:
+                raise ValueError(
+                    f"batches=: model {model_name(self.model)!r} subsamples no plate on the "
+                    "first batch, so its likelihood would not be scaled to the whole data "
+                    "set. Write the data plate with the full size and the batch's rows, "
+                    "pyro.plate('data', N, subsample=idx), N being the number of rows of "
+                    "all the data"
+                )
             spec: GuideSpec = self.guide_spec
             check_model(self.model, info, spec, args, kwargs)
             if self._resume is not None:
@@ -315,5 +344,6 @@ class VI:
                 vectorize=vectorize,
                 run=run,
                 resume_from=self._resume[0] if self._resume else None,
+                batches=source,
             )
             return fit.train()

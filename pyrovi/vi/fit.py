@@ -58,6 +58,7 @@ from pyrovi.checkpoint import Checkpoint, fingerprint
 from pyrovi.errors import ConvergenceWarning, NonFiniteError
 from pyrovi.families import REGISTRY, QParams
 from pyrovi.fast import dadvi
+from pyrovi.vi.minibatch import Batches, pass_elbo, subsample_fraction
 from pyrovi.vi.objective import estimate_elbo, make_elbo
 from pyrovi.vi.result import VIResult
 
@@ -123,6 +124,9 @@ class Fit:
         A checkpoint to continue from.
     display : Progress
         What the terminal shows (made by :meth:`train`).
+    batches : Batches or None
+        Minibatch VI: each step's model arguments (``args``, ``kwargs`` are the first
+        batch's).
     """
 
     vi: object
@@ -136,6 +140,7 @@ class Fit:
     run: RunState
     resume_from: Checkpoint | None = None
     display: Progress | None = None
+    batches: Batches | None = None
 
     # ------------------------------------------------------------------- the result
     def _result(
@@ -162,7 +167,7 @@ class Fit:
         elif final:
             guide, extra = vi.guide_spec.finalize(guide, self.args, self.kwargs)
             params.update(extra)
-            est = estimate_elbo(
+            est = self._pass_elbo(guide) if self.batches is not None else estimate_elbo(
                 self.model,
                 guide,
                 self.args,
@@ -202,6 +207,36 @@ class Fit:
             interrupted=run.interrupted,
             dadvi=dadvi_outcome,
         )
+
+    def _pass_elbo(self, guide):
+        """Minibatch VI's final ELBO: one pass over the batches (see
+        :func:`~pyrovi.vi.minibatch.pass_elbo`), with a note when the pass does not cover
+        the data plate's rows once."""
+
+        def fraction(args, kwargs):
+            with torch.no_grad():
+                trace = poutine.trace(self.model).get_trace(*args, **kwargs)
+            share = subsample_fraction(trace)
+            if share is None:
+                raise ValueError(
+                    "batches=: a batch of the final pass subsampled no plate; every batch "
+                    "must use pyro.plate('data', N, subsample=idx)"
+                )
+            return share
+
+        est, covered = pass_elbo(
+            self.batches, self.model, guide, fraction,
+            num_particles=max(2, math.ceil(self.vi.elbo_particles / 20)),
+            vectorize=self.vectorize,
+            max_plate_nesting=self.info.max_plate_nesting,
+            enumerate=bool(self.enumerated),
+        )
+        if abs(covered - 1.0) > 1e-6:
+            self.run.notes.append(
+                f"the final pass over batches= covered {covered:.4g} times the data plate's "
+                "rows, not once: the final ELBO scales the rows it saw to the whole data set"
+            )
+        return est
 
     # --------------------------------------------------------------------- training
     def settings(self) -> Settings:
@@ -402,6 +437,22 @@ class Fit:
     def _train(self) -> VIResult:
         vi = self.vi
         settings = self.settings()
+        if self.batches is not None:  # options were checked by VI.run
+            self.run.notes.append(
+                "minibatch VI: each step on the next batch of batches= (Pyro's SVI)")
+            outcome = self._train_svi(settings)
+            if len(outcome.trace) >= vi.window and vi.tol > 0:
+                # say how fine the rule could judge: the se the rule saw in the last window
+                per_pass = self.batches.steps_per_pass
+                group = per_pass if per_pass and vi.window % per_pass == 0 else None
+                se = window_mean(outcome.trace[-vi.window:], group).se
+                self.run.notes.append(
+                    f"minibatch noise: the last window's mean ELBO had a standard error of "
+                    f"{se:.3g} nats, so the convergence rule counted as progress only gains "
+                    f"above {vi.rule.threshold(se * math.sqrt(2)):.3g} nats per window; "
+                    "judge the fit by the final ELBO (one pass over the batches)"
+                )
+            return self._finish(outcome, "svi")
         if distributed.is_distributed():
             if vi.method != "sgd" or vi.backend == "compiled":
                 raise ValueError(
@@ -585,6 +636,17 @@ class Fit:
         known = set(state.known)
         max_norm = settings.clip_norm if settings.clip_norm is not None else math.inf
         window = settings.window
+        pass_len = None  # minibatch VI: steps per pass, when windows hold whole passes
+        if self.batches is not None:
+            per_pass = self.batches.steps_per_pass
+            if per_pass and window % per_pass == 0 and window // per_pass >= 2:
+                pass_len = per_pass
+            else:
+                run.notes.append(
+                    f"minibatch VI: window={window} is not a whole number (>= 2) of passes "
+                    f"over batches= ({per_pass or 'unknown'} batches each), so the "
+                    "convergence rule's standard error counts the batch-to-batch spread"
+                )
         self._sgd_stage("svi", first)
         nonfinite: NonFinite | None = None
 
@@ -603,10 +665,12 @@ class Fit:
         try:
             with policy:
                 for step in range(first, settings.num_steps):
+                    args, kwargs = (
+                        self.batches.next() if self.batches else (self.args, self.kwargs))
                     with poutine.trace(param_only=True) as capture:
                         try:
                             loss = elbo_fn.loss_and_grads(
-                                self.model, self.guide, *self.args, **self.kwargs
+                                self.model, self.guide, *args, **kwargs
                             )
                         except ValueError as err:
                             # Pyro's validation refuses a NaN distribution parameter: a
@@ -644,7 +708,7 @@ class Fit:
                     run.mark_rng()
                     self.display.advance(1)  # the loss is a host float already
                     if (step + 1) % window == 0:
-                        mean = window_mean(state.trace[-window:])
+                        mean = window_mean(state.trace[-window:], pass_len)
                         state.plateau = settings.rule.update(state.plateau, mean)
                         for group, base in zip(state.optimizer.param_groups, state.base_lrs):
                             group["lr"] = base * state.plateau.lr_scale
