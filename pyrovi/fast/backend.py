@@ -16,6 +16,7 @@ values of a window, once per window.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Mapping
 
 import torch
@@ -222,9 +223,11 @@ def train(plan: Plan, settings: Settings) -> Outcome:
         while len(trace) < settings.num_steps:
             done = len(trace)
             n = min(window, settings.num_steps - done)
-            step.maybe_compile(done)
+            step.maybe_compile(done, settings.num_steps - done)
+            started = time.perf_counter()
             run_steps(state, step, n)
             values = state.elbo[:n].tolist()  # the one host transfer per window
+            step.record(n, time.perf_counter() - started)
             if bool(state.halted):
                 first = int(state.first_bad)
                 trace = trace[:first] + values[: max(first - done, 0)]
@@ -252,6 +255,8 @@ def train(plan: Plan, settings: Settings) -> Outcome:
         converged=plateau.converged,
         interrupted=interrupted,
         num_skipped=int(state.skipped),
-        notes=(f"compiled path: {step.note}",) if step.note else (),
+        notes=tuple(
+            f"compiled path: {text}" for text in (step.note, step.compile_note) if text
+        ),
         nonfinite=nonfinite,
     )
