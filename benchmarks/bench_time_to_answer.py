@@ -77,6 +77,10 @@ F64 = torch.float64
 FAMILIES = ("meanfield", "lowrank", "fullrank")
 PROBLEMS = ("diabetes", "cancer", "8schools", "radon", "logreg@", "logreg")
 SGD_PROBLEMS = ("logreg@", "logreg")
+#: Left out by default (``--all`` runs them): the lowrank family on the 104-latent radon
+#: model, where DADVI's lowrank optimum is only approached in a limit and the default fit
+#: ran past 10 minutes in a probe (its optimum too), which would dominate the whole run.
+SKIP = {("radon", "lowrank")}
 
 
 # ----------------------------------------------------------------------------- problems
@@ -316,6 +320,9 @@ def main(argv=None) -> None:
     parser.add_argument("--sgd-problems", default=",".join(SGD_PROBLEMS),
                         help='the problems that also run pyrovi.VI(method="sgd")')
     parser.add_argument("--eval-draws", type=int, default=10_000)
+    parser.add_argument("--all", action="store_true",
+                        help="also the (problem, family) pairs of SKIP: " + ", ".join(
+                            f"{p}/{f}" for p, f in sorted(SKIP)))
     opts = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:
@@ -338,6 +345,10 @@ def main(argv=None) -> None:
         log_density, layout = model_log_density(model, args)
         dim = layout.dim
         for family in opts.families.split(","):
+            if (pname, family) in SKIP and not opts.all:
+                print(f"| {pname} | {dim} | {family} | (left out) | | | | | | see SKIP; --all "
+                      "runs it |")
+                continue
             rank = _rank(family, dim)
             noise = family_math(family, rank).noise_dim(dim)
             gen = torch.Generator().manual_seed(12345)

@@ -76,8 +76,10 @@ def _cheap_reason(
         return f"the model has discrete latent sites {sites}"
     if info.subsampled:
         return "the model subsamples data through a plate"
-    if not vectorize:
-        return "the model does not broadcast over a particle dimension"
+    # ``vectorize`` is not a reason: the traced log density is one point's, batched over the
+    # particles with torch.vmap, so a model written ``X @ w`` runs here as fast as one
+    # written to broadcast (refusing it sent it to a Python loop over particles in SVI, 8x
+    # slower); an op that vmap cannot batch makes tracing the step fail, and SVI takes it.
     params = [n for n, s in info.trace.nodes.items() if s["type"] == "param"]
     if params:
         return f"the model has learnable parameters (pyro.param sites {params})"
@@ -164,9 +166,9 @@ def plan(
     enumerated : tuple of str
         Discrete sites summed out by enumeration (refused).
     vectorize : bool
-        Whether the model broadcasts over a particle dimension (required).  The traced log
-        density itself is evaluated one point at a time and batched with
-        :func:`torch.vmap`, so it does not need the model to broadcast; DADVI passes True.
+        Whether the model broadcasts over a particle dimension.  Not required: the traced
+        log density is evaluated one point at a time and batched with :func:`torch.vmap`,
+        so the compiled path takes a model that does not broadcast as it is.
     step : bool
         Whether to build the optimizer state and the traced Adam step (False: the log
         density only, for DADVI).
