@@ -205,7 +205,9 @@ def run_pyrovi(model, args, family, layout, method="auto"):
         )
     else:
         note = f"{result.num_steps} steps, {result.backend}" + (
-            "" if result.vectorized else ", particle loop"
+            "" if result.vectorized
+            else ", model does not broadcast: vmapped" if result.backend == "compiled"
+            else ", particle loop"
         )
     return q, wall, note
 
