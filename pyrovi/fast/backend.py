@@ -16,6 +16,7 @@ ELBO values of a window, once per window.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Mapping
 
 import torch
@@ -75,8 +76,10 @@ def _cheap_reason(
         return f"the model has discrete latent sites {sites}"
     if info.subsampled:
         return "the model subsamples data through a plate"
-    if not vectorize:
-        return "the model does not broadcast over a particle dimension"
+    # ``vectorize`` is not a reason: the traced log density is one point's, batched over the
+    # particles with torch.vmap, so a model written ``X @ w`` runs here as fast as one
+    # written to broadcast (refusing it sent it to a Python loop over particles in SVI, 8x
+    # slower); an op that vmap cannot batch makes tracing the step fail, and SVI takes it.
     params = [n for n, s in info.trace.nodes.items() if s["type"] == "param"]
     if params:
         return f"the model has learnable parameters (pyro.param sites {params})"
@@ -163,9 +166,9 @@ def plan(
     enumerated : tuple of str
         Discrete sites summed out by enumeration (refused).
     vectorize : bool
-        Whether the model broadcasts over a particle dimension (required).  The traced log
-        density itself is evaluated one point at a time and batched with
-        :func:`torch.vmap`, so it does not need the model to broadcast; DADVI passes True.
+        Whether the model broadcasts over a particle dimension.  Not required: the traced
+        log density is evaluated one point at a time and batched with :func:`torch.vmap`,
+        so the compiled path takes a model that does not broadcast as it is.
     step : bool
         Whether to build the optimizer state and the traced Adam step (False: the log
         density only, for DADVI).
@@ -229,14 +232,16 @@ def train(plan: Plan, settings: Settings, progress: Progress | None = None) -> O
             done = len(trace)
             n = min(window, settings.num_steps - done)
             compiled = step.compiled
-            step.maybe_compile(done)
+            step.maybe_compile(done, settings.num_steps - done)
             if step.compiled and not compiled:  # the next call compiles: say so first
                 progress.say(
                     f"compiling the ELBO step with torch.compile after {done:,} steps (once; "
                     "it can take tens of seconds)"
                 )
+            started = time.perf_counter()
             run_steps(state, step, n)
             values = state.elbo[:n].tolist()  # the one host transfer per window
+            step.record(n, time.perf_counter() - started)
             if bool(state.halted):
                 first = int(state.first_bad)
                 trace = trace[:first] + values[: max(first - done, 0)]
@@ -265,6 +270,8 @@ def train(plan: Plan, settings: Settings, progress: Progress | None = None) -> O
         converged=plateau.converged,
         interrupted=interrupted,
         num_skipped=int(state.skipped),
-        notes=(f"compiled path: {step.note}",) if step.note else (),
+        notes=tuple(
+            f"compiled path: {text}" for text in (step.note, step.compile_note) if text
+        ),
         nonfinite=nonfinite,
     )

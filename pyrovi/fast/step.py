@@ -11,13 +11,15 @@ finite step even when the host only looks every window.
 :class:`Stepper` traces that function once into a graph of tensor operations
 (:func:`torch.fx.experimental.proxy_tensor.make_fx`, which traces through the autodiff
 too) and compiles the graph with :func:`torch.compile` (``mode="reduce-overhead"``, i.e.
-CUDA graphs, on a GPU) when the policy says so (``PYROVI_COMPILE``, :data:`COMPILE_AFTER`).
+CUDA graphs, on a GPU) when the policy says so (``PYROVI_COMPILE``; under ``auto`` only
+when the predicted saving repays the compile time, see :meth:`Stepper.maybe_compile`).
 Uncompiled, or where compilation fails, the traced graph runs eagerly: the same math.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -38,7 +40,8 @@ __all__ = [
     "step_math",
     "Stepper",
     "compile_policy",
-    "COMPILE_AFTER",
+    "COMPILE_COST",
+    "COMPILE_SAVING",
 ]
 
 #: torch.optim.Adam's defaults, which the driver's Adam uses.
@@ -223,10 +226,18 @@ def step_math(neg_elbo: Callable, *state: torch.Tensor) -> tuple:
     return ()
 
 
-#: Under ``PYROVI_COMPILE=auto`` (the default) a CPU fit runs the traced graph eagerly for
-#: this many steps, then compiles it: compiling costs ~2-5 s here, which a fit of a few
-#: thousand steps never wins back, while a long fit does.  On a GPU it compiles at once.
-COMPILE_AFTER = 2000
+#: Prior compile time in seconds by device type, used by ``PYROVI_COMPILE=auto`` until this
+#: process has compiled a step and measured it (measured here: 2-5 s on a loaded CPU).
+COMPILE_COST = {"cpu": 4.0, "cuda": 8.0}
+
+#: Prior fraction of an eager step's time that compiling saves, by device type, until this
+#: process has measured one (a CPU step is mostly arithmetic that compiling barely changes;
+#: a GPU step is mostly kernel launches that CUDA graphs remove).
+COMPILE_SAVING = {"cpu": 0.3, "cuda": 0.8}
+
+#: What this process measured of its last compilation, by device type:
+#: ``(compile seconds, fraction of the eager step saved)``; later fits decide with these.
+_MEASURED: dict[str, tuple[float, float]] = {}
 
 
 def compile_policy() -> str:
@@ -252,8 +263,10 @@ class Stepper:
     policy : str, optional
         ``"auto"``, ``"always"`` or ``"never"``; default :func:`compile_policy`.
 
-    Calling the object takes one step (the caller refills ``state.eps`` first).
-    ``note`` says, when not None, how the step ran if not compiled as asked.
+    Calling the object takes one step (the caller refills ``state.eps`` first); the
+    caller reports each window's wall time with :meth:`record`, which the ``auto`` policy
+    decides with.  ``note`` says, when not None, how the step ran if not compiled as asked;
+    :attr:`compile_note` says whether it compiled and what that cost.
     """
 
     def __init__(self, neg_elbo: Callable, state: StepState, policy: str | None = None):
@@ -267,6 +280,12 @@ class Stepper:
         self.compiled = False
         self.note: str | None = None
         self._pending = False
+        self.eager_step_s = math.inf  # fastest eager step seen (seconds)
+        self.compiled_step_s = math.inf  # fastest compiled step seen (seconds)
+        self.compile_s: float | None = None  # measured compile time (seconds)
+        self.compiled_at: int | None = None  # steps done when it compiled
+        self._timing_compile = False
+        self._declined: str | None = None
 
     def __call__(self) -> None:
         if self._pending:
@@ -274,12 +293,41 @@ class Stepper:
         else:
             self.fn(*self.tensors)
 
-    def maybe_compile(self, steps_done: int) -> None:
-        """Switch to the compiled step if the policy says so after ``steps_done`` steps."""
+    def maybe_compile(self, steps_done: int, steps_left: int | None = None) -> None:
+        r"""Switch to the compiled step if the policy says so after ``steps_done`` steps.
+
+        ``always`` compiles at once, ``never`` never.  ``auto`` (the default) compiles only
+        when the predicted saving repays the compile time:
+
+        .. math::
+
+            \min(n_\text{left}, n_\text{done}) \; t_\text{eager} \; s > c,
+
+        with :math:`t_\text{eager}` the eager step time measured on this fit's first
+        windows (:meth:`record`), :math:`s` the fraction of it that compiling saves and
+        :math:`c` the compile time (:data:`COMPILE_SAVING`, :data:`COMPILE_COST`, or this
+        process's last measurement of them).  A fit that has run ``n_done`` steps is
+        predicted to run about as many more (capped by ``steps_left``), so a fit that
+        stops at its plateau a few thousand steps in never waits on a compilation it does
+        not earn back, while a long or slow-stepping fit compiles once it is clear that it
+        will.  Nothing is compiled before a step has been timed.
+        """
         if self.compiled or self._pending or self.policy == "never":
             return
-        if self.policy == "auto" and self.device.type != "cuda" and steps_done < COMPILE_AFTER:
-            return
+        if self.policy == "auto":
+            if not math.isfinite(self.eager_step_s):
+                return
+            kind = "cuda" if self.device.type == "cuda" else "cpu"
+            cost, saving = _MEASURED.get(kind, (COMPILE_COST[kind], COMPILE_SAVING[kind]))
+            left = steps_done if steps_left is None else min(steps_left, steps_done)
+            gain = left * self.eager_step_s * saving
+            if gain <= cost:
+                self._declined = (
+                    f"not compiled: at step {steps_done} the predicted saving ({left} more "
+                    f"steps x {1e3 * self.eager_step_s:.3g} ms x {saving:.0%} = {gain:.2g} s) "
+                    f"was below the compile time ({cost:.2g} s)"
+                )
+                return
         try:
             if self.device.type == "cuda":
                 for t in self.tensors:  # fixed addresses, so CUDA graphs take the mutations
@@ -294,7 +342,51 @@ class Stepper:
             self.policy = "never"
             return
         self.compiled = True
+        self.compiled_at = steps_done
         self._pending = True
+        self._timing_compile = True
+
+    def record(self, steps: int, seconds: float) -> None:
+        """Report that the last ``steps`` steps took ``seconds`` of wall time (host synced).
+
+        The first window after compiling holds the compilation: its excess over the eager
+        steps is the compile time; later windows give the compiled step's time.  Both are
+        kept for later fits in this process (:data:`_MEASURED`).
+        """
+        if steps <= 0:
+            return
+        per_step = seconds / steps
+        kind = "cuda" if self.device.type == "cuda" else "cpu"
+        if self._timing_compile:
+            self._timing_compile = False
+            if self.compiled and math.isfinite(self.eager_step_s):
+                self.compile_s = max(seconds - steps * self.eager_step_s, 0.0)
+                saving = _MEASURED.get(kind, (0.0, COMPILE_SAVING[kind]))[1]
+                _MEASURED[kind] = (self.compile_s, saving)
+            return
+        if self.compiled:
+            self.compiled_step_s = min(self.compiled_step_s, per_step)
+            if self.compile_s is not None and math.isfinite(self.eager_step_s):
+                saving = min(max(1.0 - self.compiled_step_s / self.eager_step_s, 0.0), 1.0)
+                _MEASURED[kind] = (self.compile_s, saving)
+        else:
+            self.eager_step_s = min(self.eager_step_s, per_step)
+
+    @property
+    def compile_note(self) -> str | None:
+        """Whether the step compiled and what it cost, in words (None under ``never`` or
+        before a decision)."""
+        if self.compiled and self.compiled_at is not None:
+            parts = [f"compiled with torch.compile at step {self.compiled_at}"]
+            if self.compile_s is not None:
+                parts.append(f"compiling took {self.compile_s:.2g} s")
+            if math.isfinite(self.eager_step_s) and math.isfinite(self.compiled_step_s):
+                parts.append(
+                    f"step {1e3 * self.eager_step_s:.3g} ms eager, "
+                    f"{1e3 * self.compiled_step_s:.3g} ms compiled"
+                )
+            return "; ".join(parts)
+        return self._declined
 
     def _first_compiled_call(self) -> None:
         """Compilation happens at the first call; if it fails, restore the state and run the

@@ -199,3 +199,34 @@ def test_cuda_compiled_agrees_with_cpu():
     assert gpu.params["AutoNormal.locs.w"].device.type == "cuda"
     tol = 3 * np.hypot(cpu.elbo_se, gpu.elbo_se) + 0.05
     assert abs(cpu.elbo - gpu.elbo) < tol
+
+
+def _matmul_regression(X, y):
+    """``X @ w``: does not broadcast over a leading particle dimension."""
+    w = pyro.sample("w", dist.Normal(torch.zeros(X.shape[1], dtype=X.dtype), 1.0).to_event(1))
+    with pyro.plate("data", X.shape[0]):
+        pyro.sample("y", dist.Normal(X @ w, 0.5), obs=y)
+
+
+def _broadcast_regression(X, y):
+    """The same model written to broadcast."""
+    w = pyro.sample("w", dist.Normal(torch.zeros(X.shape[1], dtype=X.dtype), 1.0).to_event(1))
+    with pyro.plate("data", X.shape[0]):
+        pyro.sample("y", dist.Normal((X * w).sum(-1), 0.5), obs=y)
+
+
+def test_a_model_that_does_not_broadcast_takes_the_compiled_path_with_the_same_steps():
+    """The compiled step batches one point's log density with vmap, so ``X @ w`` needs no
+    particle loop: same seed, same draws, the same trajectory as the broadcasting form."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    y = X @ torch.tensor([1.0, -0.5, 0.2], dtype=torch.float64) + 0.5 * torch.randn(
+        30, generator=g, dtype=torch.float64
+    )
+    plain = _run(_matmul_regression, X, y, method="sgd", num_particles=4)
+    bcast = _run(_broadcast_regression, X, y, method="sgd", num_particles=4)
+    assert plain.backend == bcast.backend == "compiled"
+    assert not plain.vectorized and bcast.vectorized
+    np.testing.assert_allclose(plain.elbo_trace, bcast.elbo_trace, rtol=1e-9)
+    for name in bcast.params:
+        torch.testing.assert_close(plain.params[name], bcast.params[name])

@@ -85,3 +85,32 @@ def test_compiled_step_matches_traced_graph():
     torch.testing.assert_close(compiled.theta, eager.theta)
     torch.testing.assert_close(compiled.elbo, eager.elbo)
     assert int(compiled.count) == 25
+
+
+def test_auto_policy_compiles_only_when_the_predicted_saving_repays_it(monkeypatch):
+    """The decision of PYROVI_COMPILE=auto, fed step times (nothing here is timed):
+    saving = min(steps left, steps done) x eager step x COMPILE_SAVING vs COMPILE_COST."""
+    import pyrovi.fast.step as step_module
+
+    monkeypatch.setattr(step_module, "_MEASURED", {})
+    cost, saving = step_module.COMPILE_COST["cpu"], step_module.COMPILE_SAVING["cpu"]
+    step = Stepper(lambda t, e: ((t - 3.0) ** 2).sum(), _state(), policy="auto")
+    step.maybe_compile(0, 10_000)  # nothing timed yet: no decision
+    assert not step.compiled and step.compile_note is None
+    step.record(100, 0.1)  # 1 ms a step
+    done = int(cost / (1e-3 * saving))  # the saving of this many more steps = the cost
+    step.maybe_compile(done, 100_000)
+    assert not step.compiled
+    assert step.compile_note.startswith(f"not compiled: at step {done} the predicted saving")
+    step.maybe_compile(done, 50)  # few steps left: still not worth it
+    assert not step.compiled
+    step.maybe_compile(done + 100, 100_000)  # now the saving exceeds the cost
+    assert step.compiled and step.compiled_at == done + 100
+    step.record(10, 2.01)  # the window that compiled: 2 s over 10 eager steps
+    assert step.compile_s == pytest.approx(2.0)
+    step.record(10, 0.005)  # compiled: 0.5 ms a step
+    assert step_module._MEASURED["cpu"] == pytest.approx((2.0, 0.5))
+    assert step.compile_note == (
+        f"compiled with torch.compile at step {done + 100}; compiling took 2 s; "
+        "step 1 ms eager, 0.5 ms compiled"
+    )

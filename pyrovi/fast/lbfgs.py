@@ -1,0 +1,204 @@
+"""The optimizers behind DADVI: L-BFGS (strong Wolfe) and trust-region Newton.
+
+Deterministic optimizers of a scalar function of one flat vector; they know nothing of
+families, draws or models.  :func:`lbfgs` is written out rather than
+``torch.optim.LBFGS`` (see its docstring); :func:`hessian` is torch's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch.optim.lbfgs import _strong_wolfe
+
+__all__ = ["Run", "lbfgs", "newton", "hessian"]
+
+
+@dataclasses.dataclass
+class Run:
+    """How an optimization ended (``value`` is the minimized objective)."""
+
+    theta: torch.Tensor
+    value: float
+    grad_norm: float
+    iters: int
+    converged: bool
+    message: str
+    trace: list = dataclasses.field(default_factory=list)  # the objective after each iteration
+
+
+def _value_and_grad(f):
+    """theta -> (float value, grad); a non-finite value or gradient becomes ``(1e30, 0)``,
+    which makes a line search step back."""
+    state = {"bad": 0}
+
+    def vg(theta: torch.Tensor):
+        t = theta.detach().clone().requires_grad_(True)
+        loss = f(t)
+        if torch.isfinite(loss):
+            (g,) = torch.autograd.grad(loss, t)
+            if torch.isfinite(g).all():
+                return float(loss.detach()), g
+        state["bad"] += 1
+        return 1e30, torch.zeros_like(theta)
+
+    return vg, state
+
+
+def lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20, on_iter=None) -> Run:
+    """L-BFGS (two-loop recursion, strong-Wolfe line search) to ``max |grad| <= tol``.
+
+    Written out rather than ``torch.optim.LBFGS``: the same line search (torch's
+    ``_strong_wolfe``), but no optimizer object, whose first step imports torch._dynamo
+    (seconds), and an exact count of iterations.
+    """
+    vg, state = _value_and_grad(f)
+    x = theta0.detach().clone()
+    value, g = vg(x)
+    if value >= 1e30:
+        return Run(x, math.inf, math.inf, 0, False, "the objective is not finite at the start")
+    s_hist: list[torch.Tensor] = []
+    y_hist: list[torch.Tensor] = []
+    rho_hist: list[float] = []
+    iters = 0
+    stalled = False
+    flat = False
+    values = [value]
+    while iters < max_iters:
+        gnorm = float(g.abs().max())
+        if gnorm <= tol:
+            break
+        if ftol > 0 and len(values) > ftol_window and (
+            values[-ftol_window - 1] - values[-1] <= ftol * max(1.0, abs(values[-1]))
+        ):
+            flat = True
+            break
+        # two-loop recursion: d = -H g
+        q = -g
+        alphas = []
+        for s_i, y_i, r_i in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist)):
+            a_i = r_i * float(s_i @ q)
+            alphas.append(a_i)
+            q = q - a_i * y_i
+        if s_hist:
+            q = q * (float(s_hist[-1] @ y_hist[-1]) / float(y_hist[-1] @ y_hist[-1]))
+        for s_i, y_i, r_i, a_i in zip(s_hist, y_hist, rho_hist, reversed(alphas)):
+            b_i = r_i * float(y_i @ q)
+            q = q + (a_i - b_i) * s_i
+        d = q
+        gtd = float(g @ d)
+        if gtd > -1e-14 * float(g @ g):  # not a descent direction: restart from steepest
+            s_hist, y_hist, rho_hist = [], [], []
+            d = -g
+            gtd = float(g @ d)
+        t = min(1.0, 1.0 / float(g.abs().sum())) if not s_hist else 1.0
+
+        def obj(x_, t_, d_):
+            return vg(x_ + t_ * d_)
+
+        new_value, new_g, t, _ = _strong_wolfe(obj, x, t, d, value, g, gtd)
+        iters += 1
+        step = t * d
+        y = new_g - g
+        sy = float(step @ y)
+        if new_value >= 1e30 or not math.isfinite(new_value) or new_value > value:
+            stalled = True  # no finite decrease was found: x stays
+            values.append(value)
+            break
+        if sy > 1e-10 * float(y @ y) ** 0.5 * float(step @ step) ** 0.5:
+            s_hist.append(step)
+            y_hist.append(y)
+            rho_hist.append(1.0 / sy)
+            if len(s_hist) > history:
+                s_hist.pop(0)
+                y_hist.pop(0)
+                rho_hist.pop(0)
+        x = x + step
+        if new_value == value and float(step.abs().max()) == 0.0:
+            value, g = new_value, new_g
+            values.append(value)
+            stalled = True
+            break
+        value, g = new_value, new_g
+        values.append(value)
+        if on_iter is not None:  # progress display: the value is a host float already
+            on_iter(-value)
+    gnorm = float(g.abs().max())
+    trace = [-v for v in values[1:]]
+    if flat:
+        return Run(x, value, gnorm, iters, True, (
+            f"converged by the objective's change (< {ftol:.1g} relative over {ftol_window} "
+            f"iterations) with max|grad| = {gnorm:.3g} > tol: the optimum is approached only "
+            "in a limit (for lowrank, typically a scale -> 0 with its factor row -> infinity)"
+        ), trace)
+    converged = gnorm <= tol
+    msg = "" if converged else (
+        f"L-BFGS stopped ({'line search stalled' if stalled else 'max_iters reached'}) with "
+        f"max|grad| = {gnorm:.3g} > tol = {tol:.3g} after {iters} iterations"
+        + (f"; {state['bad']} non-finite evaluations" if state["bad"] else "")
+    )
+    return Run(x, value, gnorm, iters, converged, msg, trace)
+
+
+def hessian(f, theta: torch.Tensor) -> torch.Tensor:
+    """Dense Hessian of the scalar ``f`` at ``theta`` (torch.func, else autograd)."""
+    try:
+        return torch.func.hessian(f)(theta.detach())
+    except Exception:  # an op without a forward-mode rule: fall back to reverse-over-reverse
+        return torch.autograd.functional.hessian(f, theta.detach(), vectorize=False)
+
+
+def newton(f, theta0, tol, max_iters) -> Run:
+    """Trust-region Newton (Levenberg-Marquardt damping) with the exact dense Hessian."""
+    theta = theta0.detach().clone()
+    lam = 1e-3
+    iters = 0
+    value = float("nan")
+
+    def value_and_grad(t):
+        t = t.detach().clone().requires_grad_(True)
+        loss = f(t)
+        if not torch.isfinite(loss):
+            return math.inf, None
+        (g,) = torch.autograd.grad(loss, t)
+        if not torch.isfinite(g).all():
+            return math.inf, None
+        return float(loss.detach()), g
+
+    value, g = value_and_grad(theta)
+    if g is None:
+        return Run(theta, value, math.inf, 0, False, "the objective is not finite at the start")
+    trace: list[float] = []
+    while iters < max_iters:
+        gnorm = float(g.abs().max())
+        if gnorm <= tol:
+            return Run(theta, value, gnorm, iters, True, "", trace)
+        iters += 1
+        h = hessian(f, theta)
+        h = 0.5 * (h + h.T)
+        evals, evecs = torch.linalg.eigh(h)
+        gt = evecs.T @ g
+        while True:
+            shift = torch.clamp(evals, min=0.0) + lam * (1.0 + evals.abs().max())
+            step = -(evecs @ (gt / shift))
+            new_value, new_g = value_and_grad(theta + step)
+            predicted = -(float(g @ step) + 0.5 * float(step @ (h @ step)))
+            actual = value - new_value
+            if new_g is not None and predicted > 0 and actual >= 0.25 * predicted:
+                lam = max(lam / 10.0, 1e-12)
+                break
+            if new_g is not None and predicted <= 0 and actual >= 0:
+                break
+            lam *= 10.0
+            if lam > 1e12:
+                trace.append(-value)
+                return Run(theta, value, gnorm, iters, False, "Newton's step could not decrease "
+                            "the objective", trace)
+        theta, value, g = theta + step, new_value, new_g
+        trace.append(-value)
+    gnorm = float(g.abs().max())
+    ok = gnorm <= tol
+    msg = "" if ok else f"Newton stopped at max_iters with max|grad| = {gnorm:.3g} > tol"
+    return Run(theta, value, gnorm, iters, ok, msg, trace)
