@@ -54,7 +54,7 @@ from pyrovi._steps import (
     window_mean,
 )
 from pyrovi.checkpoint import Checkpoint, fingerprint
-from pyrovi.errors import ConvergenceWarning, NonFiniteError
+from pyrovi.errors import ConvergenceWarning, ModelError, NonFiniteError
 from pyrovi.families import REGISTRY, QParams
 from pyrovi.fast import dadvi
 from pyrovi.vi.objective import estimate_elbo, make_elbo
@@ -142,9 +142,19 @@ class Fit:
         backend: str = "svi",
         num_skipped: int = 0,
         dadvi_outcome: dadvi.DadviOutcome | None = None,
+        point: Callable | None = None,
     ) -> VIResult:
+        """The result of the steps in ``trace``; ``final``: with the family's finalization
+        and the final ELBO estimate.  ``point``: the MAP's point-mass guide of a ``laplace``
+        fit whose Hessian was refused, reported as a ``delta`` result."""
         vi, run = self.vi, self.run
-        guide = self.guide
+        guide = self.guide if point is None else point
+        family = vi.guide_spec.name if point is None else "delta"
+        notes = list(run.notes)
+        if point is not None:
+            notes.append(
+                "laplace refused the Hessian at the MAP: this result is the MAP (a point mass)"
+            )
         params = store_params()
         saved = snapshot_store()
         elbo = se = float("nan")
@@ -156,8 +166,18 @@ class Fit:
             particles = dadvi_outcome.num_fresh
             num_particles = dadvi_outcome.num_draws
         elif final:
-            guide, extra = vi.guide_spec.finalize(guide, self.args, self.kwargs)
-            params.update(extra)
+            if point is None:
+                try:
+                    guide, extra = vi.guide_spec.finalize(guide, self.args, self.kwargs)
+                except ModelError as err:  # laplace's Hessian refused: keep the MAP
+                    if getattr(err, "map_guide", None) is None:
+                        raise
+                    err.step = len(trace)
+                    err.result = self._result(
+                        trace, converged, final, backend, num_skipped, point=err.map_guide
+                    )
+                    raise
+                params.update(extra)
             est = estimate_elbo(
                 self.model,
                 guide,
@@ -171,7 +191,7 @@ class Fit:
             elbo, se, particles = est.value, est.se, est.num_particles
         return VIResult(
             guide=guide,
-            family=vi.guide_spec.name,
+            family=family,
             params=params,
             elbo_trace=np.asarray(trace, dtype=np.float64),
             elbo=elbo,
@@ -192,7 +212,7 @@ class Fit:
             vectorized=self.vectorize,
             num_particles=num_particles,
             backend=backend,
-            notes=tuple(run.notes),
+            notes=tuple(notes),
             site_shapes=site_shapes(self.info.trace),
             num_skipped=num_skipped,
             interrupted=run.interrupted,

@@ -1028,5 +1028,16 @@ def test_laplace_singular_hessian_names_the_site():
 
     with pytest.raises(pyrovi.ModelError, match="'w'") as info:
         pyrovi.VI(model, "laplace", seed=0, **{**FAST, "num_steps": 300}).run(x, y)
-    assert info.value.site == "w"
-    assert info.value.map_values["w"].shape == (3,)
+    err = info.value
+    assert err.site == "w"
+    assert err.map_values["w"].shape == (3,)
+    # the trained MAP is the fit's result on the error: a point mass (delta) at map_values,
+    # its ELBO log p(x, z_MAP), after all 300 steps
+    r = err.result
+    assert r.family == "delta" and not r.has_density and r.num_steps == 300 == err.step
+    assert torch.equal(r.median()["w"], err.map_values["w"])
+    assert torch.equal(r.sample(2, seed=0)["w"][1], err.map_values["w"])
+    with r.scope():
+        exact = pyro.poutine.trace(pyro.poutine.condition(model, data=err.map_values)).get_trace(x, y)
+    assert r.elbo == pytest.approx(float(exact.log_prob_sum()), rel=1e-5)
+    assert any("laplace refused the Hessian" in note for note in r.notes)
