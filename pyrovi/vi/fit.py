@@ -447,11 +447,20 @@ class Fit:
         backend) and the trace before the first non-finite step."""
         site = nonfinite_site(self.model, self.guide, self.args, self.kwargs)
         where = f" at {site}" if site else ""
+        todo = "Check the model for values outside a distribution's support, or lower lr."
+        if self.vi.guide_spec.map_trained:
+            todo += (
+                " A MAP fit climbs without end where the density is unbounded (a Dirichlet "
+                "or Gamma with concentration below 1 at the edge of its support), so there "
+                "the MAP does not exist: give the site a prior with concentration >= 1, "
+                "start near a mode (an AutoDelta with init_loc_fn), or use a family with a "
+                "density ('meanfield')."
+            )
         return NonFiniteError(
             f"the {bad.quantity} became non-finite at step {bad.step}{where} and stayed so "
             f"for {bad.streak} steps (max_skips={bad.max_skips}). The parameters of the last "
             f"finite step (step {bad.step - 1}) and the ELBO trace so far are in err.result. "
-            "Check the model for values outside a distribution's support, or lower lr.",
+            + todo,
             step=bad.step,
             site=site,
             result=self._result(

@@ -230,6 +230,20 @@ def check_subsample(c, r):
     a, b = m.coin_posterior()
     mean, sd = a / (a + b), math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
     compare_moments(c, r, "latent_fairness", mean, sd, mean_tol=0.25, sd_rel=0.25)
+    # lp and the evidence are those of the full data (all 10 flips), never the scaled
+    # subsample: lp equal to log Beta(f; 10, 10) + 6 log f + 4 log(1 - f) at every draw,
+    # the importance evidence within 4 standard errors of the exact log B(16, 14) / B(10, 10)
+    idata = r.to_arviz(20, log_likelihood=False, posterior_predictive=False)
+    f = torch.as_tensor(idata.posterior["latent_fairness"].values.reshape(-1), dtype=torch.float64)
+    exact_lp = dist.Beta(10.0, 10.0).log_prob(f) + 6 * f.log() + 4 * (1 - f).log()
+    lp = torch.as_tensor(idata.sample_stats["lp"].values.reshape(-1), dtype=torch.float64)
+    err = (lp - exact_lp).abs().max().item()
+    record(c.name, f"{r.family}:lp_vs_exact", err)
+    assert err < 1e-3
+    d = pyrovi.diagnose(r, num_particles=2000, seed=0)
+    exact = coin_log_evidence()
+    record(c.name, f"{r.family}:evidence_error", d.log_evidence - exact)
+    assert abs(d.log_evidence - exact) <= 4 * d.log_evidence_se + 0.01, (d.log_evidence, exact)
 
 
 case(
@@ -466,9 +480,8 @@ case(
     model=m.hmm_model_1,
     args=(HMM_SEQS, HMM_LENGTHS, m.HMM_ARGS),
     kwargs={"batch_size": 2},
-    families={
-        "meanfield": "subsample_size: the exported lp is the scaled log joint of a random subsample, not of the data (5 nats off)"
-    },
+    # the exported lp is that of the full data (pyrovi._plates.full_data_runs)
+    families={"meanfield": None},
     check=check_hmm_subsampled,
     fit_options={"num_particles": 1, "num_steps": 300, "elbo_particles": 100},
     diag=100,
@@ -567,9 +580,14 @@ case(
     families={
         "meanfield": None,
         # the tutorial's AutoDelta MAP: Dirichlet(0.5) has an unbounded density at the
-        # simplex edge, so the MAP does not exist; a clear error naming the site is right
-        "delta": "delta on the GMM tutorial: NonFiniteError at step 543 (weights to the simplex edge), naming no site",
+        # simplex edge, so the MAP does not exist.  Pyro's own SVI with the same AutoDelta
+        # (init_to_median, Adam lr 0.08, 600 steps) reaches the tutorial's mode for seeds
+        # 0 and 5, runs the weights to the edge for seeds 2 and 3 (1e-38) and raises
+        # "Expected parameter probs ... Simplex()" (NaN) for seeds 1, 4 and 6.  pyrovi's
+        # delta (seed 0) runs to the edge: a NonFiniteError naming 'weights' is right.
+        "delta": "slow",
     },
+    may_refuse={"delta": ("weights",)},
     check=check_gmm,
 )
 
@@ -798,6 +816,9 @@ def _working_fits(c):
             continue
         if mark and mark != "slow":
             continue
+        out = fit(c.name, family)
+        if isinstance(out, pyrovi.PyroviError) and family in c.may_refuse:
+            continue  # refused with the site named (test_agreement checks the message)
         fits[family] = get(c.name, family)
     return fits
 
