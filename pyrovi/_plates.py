@@ -234,13 +234,20 @@ def full_data_runs(
             "subsample_size=None."
         )
     (plate, (full, size)), = sub.items()
-    dims = {
-        f.dim for site in trace.nodes.values() if site["type"] == "sample"
-        for f in site["cond_indep_stack"] if f.name == plate and f.vectorized
+    frames = {
+        (f.vectorized, f.dim) for site in trace.nodes.values() if site["type"] == "sample"
+        for f in site["cond_indep_stack"] if f.name == plate
     }
-    if len(dims) != 1:
+    if not frames:
         return None  # no site under the plate: nothing is scaled
-    dim = dims.pop()
+    if any(not vectorized for vectorized, _ in frames):
+        raise ModelError(
+            f"plate {plate!r} subsamples {size} of {full} and is sequential (`for i in "
+            "pyro.plate(...)`): pyrovi computes the full data's log joint for a vectorized "
+            "plate only, and does not report the scaled subsample in its place. Write it "
+            "`with pyro.plate(...)`, or fit without subsample_size."
+        )
+    (_, dim), = frames
     local = [
         k for k in conditioned
         if k in trace.nodes and any(f.name == plate for f in trace.nodes[k]["cond_indep_stack"])

@@ -1064,6 +1064,20 @@ def test_shipped_eight_schools_noncentered(family, backend):
     assert set(r.median()) >= {"mu", "tau", "eta"}
 
 
+def test_sequential_subsampled_plate_refuses_the_full_data_log_joint():
+    """svi_part_ii's sequential plate with subsample_size: the fit runs (Pyro's scaled
+    ELBO), but log p(x, z) of the full data is not computed for a sequential plate, so
+    log_joint and diagnose refuse, naming the plate, instead of reporting the scaled
+    subsample of 5 flips."""
+    r = pyrovi.VI(m.coin_sequential_subsample_model, "meanfield", seed=0, **{**FAST, "num_steps": 50}).run(
+        m.COIN_DATA
+    )
+    with pytest.raises(pyrovi.ModelError, match=r"plate 'data_loop' subsamples 5 of 10 and is sequential"):
+        r.log_joint(r.posterior_draws(4).values)
+    with pytest.raises(pyrovi.ModelError, match=r"plate 'data_loop' .* is sequential"):
+        pyrovi.diagnose(r, num_particles=50, seed=0)
+
+
 def test_laplace_singular_hessian_names_the_site():
     """Collinear features (column 3 = column 1, a flat prior): a ModelError naming w, with
     the trained MAP kept on the error, never a raw torch.linalg error."""
