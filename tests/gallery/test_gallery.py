@@ -474,6 +474,7 @@ case(
     # particle is a TraceEnum_ELBO pass: one particle per step, 300 steps
     fit_options={"num_particles": 1, "num_steps": 300, "elbo_particles": 100},
     diag=100,
+    workflow_xfail="to_arviz's marginal log-likelihood (the default with enumerated states): pyrovi._draws.enumerated_pointwise_log_lik raises KeyError 'c' in pyro.ops.rings.broadcast when an observed site (y_t, in the 'tones' plate) has a plate that the enumerated terms contracted before it lack",
 )
 
 
