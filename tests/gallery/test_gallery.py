@@ -535,8 +535,10 @@ case(
     name="cjs_model_1",
     model=m.cjs_model_1,
     args=(m.CJS_HISTORY, m.CJS_SEX),
-    families={"meanfield": None, "fullrank": "slow"},
+    # the gallery's longest fits: 600 steps of TraceEnum over 5 periods (136 and 120 CPU-s)
+    families={"meanfield": "slow", "fullrank": "slow"},
     check=check_cjs,
+    workflow_slow=True,
 )
 
 
