@@ -40,7 +40,7 @@ ABOUT = {
     "bayesian_regression": ("bayesian_regression.ipynb", "PyroModule, PyroSample, AutoGuide class", "NUTS"),
     "regression_known_noise": ("bayesian_regression.ipynb, adapted", "x @ w (no particle broadcast)", "closed form"),
     "vae": ("vae.ipynb", "pyro.module, amortized guide, to_event", "Pyro's Trace_ELBO"),
-    "lkj": ("examples/lkj.py", "LKJCholesky, HalfCauchy", "NUTS (refused as written)"),
+    "lkj": ("examples/lkj.py", "LKJCholesky, HalfCauchy", "NUTS (or refused naming theta)"),
     "workflow_deterministic": ("workflow.ipynb", "nested plates, pyro.deterministic in a plate", "NUTS"),
     "workflow_factor": ("workflow.ipynb", "pyro.factor, pyro.deterministic", "NUTS"),
     "predictive_deterministic": ("predictive_deterministic.ipynb", "pyro.deterministic outside plates, GammaPoisson", "NUTS"),
