@@ -5,7 +5,9 @@ posterior and prior predictive, EM's exact posterior, the ELBO's vectorization c
 the model or guide once under an outermost plate of ``n`` draws at batch dim
 ``-(max_plate_nesting + 1)``, as Pyro's vectorized ELBOs do, and moves site values between their
 natural shape ``(n, *site_shape)`` and the plate layout ``(n, 1, ..., 1, *site_shape)``.
-The helpers here do that, and nothing else; they import only torch and Pyro.
+The helpers here do that; :func:`full_data_runs` turns a model that subsamples a plate
+into runs whose log joints add up to that of the full data.  They import only torch and
+Pyro.
 
 Pyro's ``Predictive(parallel=True)`` is not used for the reshaping because it pads sample
 shapes without regard to event dimensions (a site ``Normal(...).to_event(1)`` of shape
@@ -21,6 +23,7 @@ from typing import TypeVar
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "vectorize_else_loop",
     "is_user_sample",
     "is_traced_sample",
+    "full_data_runs",
 ]
 
 #: Name of the one plate pyrovi adds for draws or particles (never a user's plate name).
@@ -167,3 +171,103 @@ def vectorize_else_loop(run: Callable[[bool], T], vectorize: bool = True) -> T:
         except (RuntimeError, ValueError):  # a model that does not broadcast over draws
             pass
     return run(False)
+
+
+# ----------------------------------------------------------------- the full data
+class _Chunk(Messenger):
+    """Inside ``plate`` (conditioned on one index chunk): undo the plate's ``full / size``
+    scale and mask out the chunk's positions where ``keep`` is False, so that the log
+    joint of a run is the global terms plus the *unscaled* terms of the kept positions."""
+
+    def __init__(self, plate: str, factor: float, keep: torch.Tensor, dim: int):
+        super().__init__()
+        self.plate, self.factor = plate, factor
+        self.keep = keep.reshape(keep.shape + (1,) * (-dim - 1))
+
+    def _process_message(self, msg):  # outermost, so after the plate has scaled msg
+        if msg["type"] != "sample" or site_is_subsample(msg):
+            return
+        if not any(f.name == self.plate for f in msg["cond_indep_stack"]):
+            return
+        msg["scale"] = msg["scale"] / self.factor
+        msg["mask"] = self.keep if msg["mask"] is None else msg["mask"] & self.keep
+
+
+def full_data_runs(
+    model: Callable, args: tuple, kwargs: dict, conditioned: tuple = ()
+) -> list[tuple[Callable, float]] | None:
+    r"""``[(model_c, w_c)]`` with :math:`\log p(x, z) = \sum_c w_c \, L_c` over the full
+    data, where :math:`L_c` is the log joint of a run of ``model_c``; None for a model
+    that subsamples no plate.
+
+    A model with ``pyro.plate(name, N, subsample_size=s)`` scores a random subsample,
+    scaled by ``N / s``: an unbiased but noisy estimate of the log joint, not the log
+    joint.  Here the plate is conditioned on index chunks of size ``s`` that cover
+    ``0..N-1`` (the last overlaps its predecessor, the overlap masked), with the scale
+    undone; each run then holds the global terms once, so one more run with every local
+    term masked (the global terms alone) is counted ``1 - k`` times for ``k`` chunks.
+    Enumerated sites of the plate are summed out per chunk, as in the fit.
+
+    Raises
+    ------
+    ModelError
+        When more than one plate subsamples (the chunks of two plates do not factorize),
+        or a site of ``conditioned`` (the latents given by value) lives in the subsampled
+        plate: a draw of it covers one subsample, so the full data has no log joint.
+    """
+    from pyrovi.errors import ModelError
+
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the caller's draws unchanged
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    sub = {
+        name: (site["fn"].size, site["fn"].subsample_size)
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site_is_subsample(site)
+    }
+    sub = {k: v for k, v in sub.items() if v[1] is not None and v[1] < v[0]}
+    if not sub:
+        return None
+    if len(sub) > 1:
+        raise ModelError(
+            f"the model subsamples {len(sub)} plates {sorted(sub)}; its log joint over the "
+            "full data is computed for one subsampled plate only. Give all but one of them "
+            "subsample_size=None."
+        )
+    (plate, (full, size)), = sub.items()
+    frames = {
+        (f.vectorized, f.dim) for site in trace.nodes.values() if site["type"] == "sample"
+        for f in site["cond_indep_stack"] if f.name == plate
+    }
+    if not frames:
+        return None  # no site under the plate: nothing is scaled
+    if any(not vectorized for vectorized, _ in frames):
+        raise ModelError(
+            f"plate {plate!r} subsamples {size} of {full} and is sequential (`for i in "
+            "pyro.plate(...)`): pyrovi computes the full data's log joint for a vectorized "
+            "plate only, and does not report the scaled subsample in its place. Write it "
+            "`with pyro.plate(...)`, or fit without subsample_size."
+        )
+    (_, dim), = frames
+    local = [
+        k for k in conditioned
+        if k in trace.nodes and any(f.name == plate for f in trace.nodes[k]["cond_indep_stack"])
+    ]
+    if local:
+        raise ModelError(
+            f"latent site(s) {local} live in the plate {plate!r}, which subsamples {size} of "
+            f"{full}: a draw of them covers one subsample, so log p(x, z) of the full data "
+            "does not exist and pyrovi does not report the scaled subsample in its place. "
+            "Fit without subsample_size for the full-data log joint, evidence and lp.",
+            site=local[0],
+        )
+    factor = full / size
+    runs = []
+    for start in range(0, full, size):
+        first = min(start, full - size)
+        keep = torch.arange(size) >= start - first  # the overlap with the last chunk: masked
+        chunk = poutine.condition(model, data={plate: torch.arange(first, first + size)})
+        runs.append((_Chunk(plate, factor, keep, dim)(chunk), 1.0))
+    globals_only = poutine.condition(model, data={plate: torch.arange(size)})
+    runs.append((_Chunk(plate, factor, torch.zeros(size, dtype=torch.bool), dim)(globals_only),
+                 1.0 - len(runs)))
+    return runs

@@ -293,4 +293,41 @@ def nonfinite_site(model: Callable, guide: Callable, args: tuple, kwargs: Mappin
             lp = site["fn"].log_prob(site["value"])
             if not bool(torch.isfinite(lp).all()):
                 return f"{who} site {name!r}"
+    return _nonfinite_gradient_site(model, guide, args, kwargs)
+
+
+def _nonfinite_gradient_site(
+    model: Callable, guide: Callable, args: tuple, kwargs: Mapping
+) -> str | None:
+    """The first guide or model site whose log-density has a non-finite gradient in the
+    parameters although its value is finite: a value at the edge of its support where the
+    density is unbounded (a Dirichlet(0.5) weight run to 0 by a MAP fit); None if none."""
+    store = pyro.get_param_store()
+    params = [store[name].unconstrained() for name in store.keys()]
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return None
+    try:
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+        for trace, who in ((guide_trace, "guide"), (model_trace, "model")):
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                lp = site["fn"].log_prob(site["value"]).sum()
+                if not lp.requires_grad:
+                    continue
+                grads = torch.autograd.grad(lp, params, allow_unused=True, retain_graph=True)
+                if any(g is not None and not bool(torch.isfinite(g).all()) for g in grads):
+                    value = site["value"].detach().reshape(-1)
+                    shown = ", ".join(f"{float(v):.3g}" for v in value[:4])
+                    more = ", ..." if value.numel() > 4 else ""
+                    return (
+                        f"{who} site {name!r} (its log-density's gradient, at "
+                        f"{name} = [{shown}{more}])"
+                    )
+    except Exception:  # best effort: a model that cannot be replayed here names nothing
+        return None
     return None

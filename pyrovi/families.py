@@ -60,6 +60,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, NamedTuple, Protocol
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import autoguide
@@ -590,7 +591,9 @@ def _laplace_finalize(
     first: a singular or indefinite Hessian (collinear features, a direction the data do not
     determine, a MAP at a saddle) is refused with a :class:`~pyrovi.errors.ModelError` that
     names the sites of its flattest direction, instead of torch's ``linalg`` error or a NaN
-    scale.  The error carries the trained MAP (``err.map_values``, constrained, per site).
+    scale.  The error carries the trained MAP (``err.map_values``, constrained, per site,
+    and ``err.map_guide``, an ``AutoDelta`` there, from which the fit puts the MAP's result
+    in ``err.result``).
 
     Raises
     ------
@@ -628,6 +631,8 @@ def _laplace_finalize(
                 site["name"]: biject_to(site["fn"].support)(value).detach().clone()
                 for site, value in guide._unpack_latent(guide.loc.detach())
             }
+            # the MAP as a point-mass guide, for the fit's result on the error (err.result)
+            err.map_guide = _point_mass_at(guide.model, err.map_values, args, kwargs)
             raise err
         loc = guide.loc.detach()
         cov = torch.cholesky_inverse(torch.linalg.cholesky(H))
@@ -647,6 +652,21 @@ def _laplace_finalize(
         "laplace.scale_tril": (scale[:, None] * scale_tril).clone(),
     }
     return gaussian, extra
+
+
+def _point_mass_at(
+    model: Callable, values: Mapping[str, torch.Tensor], args: tuple, kwargs: Mapping
+) -> AutoGuide:
+    """An ``AutoDelta`` of ``model`` at ``values`` (constrained, per site), its parameters
+    in the active parameter store.  The values are written to the store after the guide is
+    set up (an ``init_loc_fn`` would lose to the one ``model`` is already wrapped in)."""
+    point = setup_outside_plates(autoguide.AutoDelta(model))
+    with torch.no_grad():
+        poutine.trace(point).get_trace(*args, **kwargs)
+        store = pyro.get_param_store()
+        for name, value in values.items():
+            store[f"{point._pyro_name}.{name}"] = value.clone()
+    return point
 
 
 def _hessian_problem(H: torch.Tensor) -> tuple[str, torch.Tensor] | None:

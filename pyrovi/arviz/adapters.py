@@ -18,7 +18,8 @@ As arviz-base keeps one adapter per inference backend (``io_numpyro.py``: ``SVIA
 What each kind puts in the posterior:
 
 * VI without enumerated sites: guide draws and their ``log q``, ``log p(x, z)`` and
-  pointwise ``log p(x_i | z)`` from the model conditioned on them.
+  pointwise ``log p(x_i | z)`` from the model conditioned on them (``lp`` over the full
+  data for a model that subsamples a plate, see :meth:`pyrovi.VIResult.log_joint`).
 * VI whose discrete latents are enumerated: ``lp`` is :math:`\log p(x, z_c)` with the
   discrete latents summed out and ``log_q`` is :math:`\log q(z_c)` (the importance weight
   of the continuous latents, as the fit's ELBO sees it); the discrete latents in the
@@ -38,8 +39,11 @@ import torch
 
 from pyrovi._draws import SiteShape, seeded_draws
 from pyrovi._model import ModelInfo
+from pyrovi._plates import full_data_runs
 from pyrovi._result import FitResult
+from pyrovi._runtime import warn
 from pyrovi.arviz.draws import ExportDraws, log_density
+from pyrovi.errors import ModelError, ModelWarning
 
 __all__ = ["ResultAdapter", "VIAdapter", "EMAdapter", "ADAPTERS", "adapter_for"]
 
@@ -134,6 +138,14 @@ class VIAdapter(ResultAdapter):
             discrete = r.sample_enumerated(draws.values)
         if not discrete:
             lp, log_lik = log_density(r, draws.values, shapes, self.vectorize)
+            with r.scope():
+                subsampled = full_data_runs(r.model, r.args, r.kwargs) is not None
+            if subsampled:  # lp of the full data, not of the scaled subsample
+                try:
+                    lp = r.log_joint(draws.values).to(lp.dtype)
+                except ModelError as err:  # latents local to the subsampled plate
+                    warn(f"lp is NaN in sample_stats: {err}", ModelWarning)
+                    lp = torch.full_like(lp, float("nan"))
             return ExportDraws(dict(draws.values), lp, draws.log_q, log_lik)
         lp = r.log_joint(draws.values)  # the discrete latents summed out
         values = {**draws.values, **discrete}

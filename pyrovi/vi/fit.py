@@ -55,7 +55,7 @@ from pyrovi._steps import (
     window_mean,
 )
 from pyrovi.checkpoint import Checkpoint, fingerprint
-from pyrovi.errors import ConvergenceWarning, NonFiniteError
+from pyrovi.errors import ConvergenceWarning, ModelError, NonFiniteError
 from pyrovi.families import REGISTRY, QParams
 from pyrovi.fast import dadvi
 from pyrovi.vi.minibatch import Batches, pass_elbo, subsample_fraction
@@ -151,9 +151,19 @@ class Fit:
         backend: str = "svi",
         num_skipped: int = 0,
         dadvi_outcome: dadvi.DadviOutcome | None = None,
+        point: Callable | None = None,
     ) -> VIResult:
+        """The result of the steps in ``trace``; ``final``: with the family's finalization
+        and the final ELBO estimate.  ``point``: the MAP's point-mass guide of a ``laplace``
+        fit whose Hessian was refused, reported as a ``delta`` result."""
         vi, run = self.vi, self.run
-        guide = self.guide
+        guide = self.guide if point is None else point
+        family = vi.guide_spec.name if point is None else "delta"
+        notes = list(run.notes)
+        if point is not None:
+            notes.append(
+                "laplace refused the Hessian at the MAP: this result is the MAP (a point mass)"
+            )
         params = store_params()
         saved = snapshot_store()
         elbo = se = float("nan")
@@ -165,8 +175,18 @@ class Fit:
             particles = dadvi_outcome.num_fresh
             num_particles = dadvi_outcome.num_draws
         elif final:
-            guide, extra = vi.guide_spec.finalize(guide, self.args, self.kwargs)
-            params.update(extra)
+            if point is None:
+                try:
+                    guide, extra = vi.guide_spec.finalize(guide, self.args, self.kwargs)
+                except ModelError as err:  # laplace's Hessian refused: keep the MAP
+                    if getattr(err, "map_guide", None) is None:
+                        raise
+                    err.step = len(trace)
+                    err.result = self._result(
+                        trace, converged, final, backend, num_skipped, point=err.map_guide
+                    )
+                    raise
+                params.update(extra)
             est = self._pass_elbo(guide) if self.batches is not None else estimate_elbo(
                 self.model,
                 guide,
@@ -180,7 +200,7 @@ class Fit:
             elbo, se, particles = est.value, est.se, est.num_particles
         return VIResult(
             guide=guide,
-            family=vi.guide_spec.name,
+            family=family,
             params=params,
             elbo_trace=np.asarray(trace, dtype=np.float64),
             elbo=elbo,
@@ -201,7 +221,7 @@ class Fit:
             vectorized=self.vectorize,
             num_particles=num_particles,
             backend=backend,
-            notes=tuple(run.notes),
+            notes=tuple(notes),
             site_shapes=site_shapes(self.info.trace),
             num_skipped=num_skipped,
             interrupted=run.interrupted,
@@ -562,11 +582,20 @@ class Fit:
         backend) and the trace before the first non-finite step."""
         site = nonfinite_site(self.model, self.guide, self.args, self.kwargs)
         where = f" at {site}" if site else ""
+        todo = "Check the model for values outside a distribution's support, or lower lr."
+        if self.vi.guide_spec.map_trained:
+            todo += (
+                " A MAP fit climbs without end where the density is unbounded (a Dirichlet "
+                "or Gamma with concentration below 1 at the edge of its support), so there "
+                "the MAP does not exist: give the site a prior with concentration >= 1, "
+                "start near a mode (an AutoDelta with init_loc_fn), or use a family with a "
+                "density ('meanfield')."
+            )
         return NonFiniteError(
             f"the {bad.quantity} became non-finite at step {bad.step}{where} and stayed so "
             f"for {bad.streak} steps (max_skips={bad.max_skips}). The parameters of the last "
             f"finite step (step {bad.step - 1}) and the ELBO trace so far are in err.result. "
-            "Check the model for values outside a distribution's support, or lower lr.",
+            + todo,
             step=bad.step,
             site=site,
             result=self._result(

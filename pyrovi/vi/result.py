@@ -20,7 +20,7 @@ from pyrovi._draws import (
     predictive_draws,
     seeded_draws,
 )
-from pyrovi._plates import vectorize_else_loop
+from pyrovi._plates import full_data_runs, vectorize_else_loop
 from pyrovi._result import FitResult
 from pyrovi._runtime import check_positive
 from pyrovi.families import lookup
@@ -279,7 +279,15 @@ class VIResult(FitResult):
         Returns
         -------
         torch.Tensor
-            ``(n,)``, totals with all constants.
+            ``(n,)``, totals with all constants, over the full data: for a model that
+            subsamples a plate, summed over index chunks that cover it, unscaled
+            (:func:`pyrovi._plates.full_data_runs`), not the fit's scaled subsample.
+
+        Raises
+        ------
+        ModelError
+            For a model whose latents in ``values`` live in a subsampled plate (their
+            draws cover one subsample: the full data has no log joint at them).
         """
         missing = [k for k in self.guide_sites if k not in values]
         if missing:
@@ -289,18 +297,26 @@ class VIResult(FitResult):
             )
         summed = [k for k in self.enumerated_sites if k not in values]
         with self.scope(), torch.no_grad():
-            if summed:
-                return enumerated_log_joint(
-                    self.model, self.args, self.kwargs, values,
-                    max_plate_nesting=self.max_plate_nesting
-                )
-            return vectorize_else_loop(
-                lambda vectorized: model_log_density(
-                    self.model, self.args, self.kwargs, values, shapes=self.site_shapes,
-                    max_plate_nesting=self.max_plate_nesting, vectorized=vectorized,
-                )[0],
-                self.vectorized and not self.enumerated_sites,
-            )
+            # a subsampled plate: the full data, in chunks (never the scaled subsample)
+            runs = full_data_runs(self.model, self.args, self.kwargs, tuple(values))
+            runs = runs or [(self.model, 1.0)]
+            total = 0.0
+            for model, weight in runs:
+                if summed:
+                    part = enumerated_log_joint(
+                        model, self.args, self.kwargs, values,
+                        max_plate_nesting=self.max_plate_nesting
+                    )
+                else:
+                    part = vectorize_else_loop(
+                        lambda vectorized, model=model: model_log_density(
+                            model, self.args, self.kwargs, values, shapes=self.site_shapes,
+                            max_plate_nesting=self.max_plate_nesting, vectorized=vectorized,
+                        )[0],
+                        self.vectorized and not self.enumerated_sites,
+                    )
+                total = total + weight * part
+            return total
 
     def median(self) -> dict[str, torch.Tensor]:
         """The posterior median of each latent site (constrained space).

@@ -67,6 +67,15 @@ def coin_sequential_model(data):
         pyro.sample("obs_{}".format(i), dist.Bernoulli(f), obs=data[i])
 
 
+# tutorial/source/svi_part_ii.ipynb: "Automatic subsampling with plate" (sequential form)
+def coin_sequential_subsample_model(data):
+    alpha0 = torch.tensor(10.0)
+    beta0 = torch.tensor(10.0)
+    f = pyro.sample("latent_fairness", dist.Beta(alpha0, beta0))
+    for i in pyro.plate("data_loop", len(data), subsample_size=5):
+        pyro.sample("obs_{}".format(i), dist.Bernoulli(f), obs=data[i])
+
+
 # tutorial/source/svi_part_ii.ipynb: "Automatic subsampling with plate" (vectorized form)
 def coin_subsample_model(data):
     alpha0 = torch.tensor(10.0)
