@@ -23,14 +23,18 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pyrovi tests examples benchmarks
 
+# pytest-xdist workers: one per core of the 2-core CI machine, each on one torch thread
+# (two torch threads in one process ran 2-30x slower on a busy shared machine)
+WORKERS ?= 2
+
 # the whole suite, the gallery (tests/gallery) and its `slow` cases included
 test: $(STAMP) lint
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m pytest -q -n $(WORKERS)
 
 # the gallery alone: Pyro's own examples and tutorials through every family, EM, diagnose
 # and the export, each checked against a closed form, enumeration or Pyro's NUTS
 gallery: $(STAMP)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m pytest -q tests/gallery
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m pytest -q -n $(WORKERS) tests/gallery
 
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/pyrovi demo
@@ -68,7 +72,7 @@ $(STAMP312): $(PY312) pyproject.toml
 # checks call ArviZ 0.2x APIs (az.loo's elpd_loo), and on this line it would add its
 # minutes a second time; the ArviZ 1.x export is covered by tests/arviz here.
 test-py312: $(STAMP312)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg $(PY312) -m pytest -q --ignore=tests/gallery
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg $(PY312) -m pytest -q -n $(WORKERS) --ignore=tests/gallery
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py
