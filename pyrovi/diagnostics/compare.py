@@ -35,11 +35,15 @@ COLUMNS = {
     "upper_is": ("upper is", "{}"),
     "mean_error": ("mean err <= (sd)", "{:.3f}"),
     "sd_error": ("sd err <= (sd)", "{:.3f}"),
+    "elpd_loo": ("elpd_loo", "{:.2f}"),
+    "elpd_loo_se": ("elpd se", "{:.2f}"),
+    "loo_bad_k": ("bad k", "{}"),
 }
 
 #: Columns shown only when at least one fit has them (a bracket, error bounds).
 OPTIONAL = {"bracket_lower": "bracket", "bracket_upper": "bracket", "upper_is": "bracket",
-            "mean_error": "bounds", "sd_error": "bounds"}
+            "mean_error": "bounds", "sd_error": "bounds",
+            "elpd_loo": "loo", "elpd_loo_se": "loo", "loo_bad_k": "loo"}
 
 #: Footnotes printed under a table that shows the optional columns.
 FOOTNOTES = {
@@ -47,6 +51,9 @@ FOOTNOTES = {
                "bound only where 'upper is' says so (exact posterior draws), else an estimate",
     "bounds": "mean err, sd err: bounds on |q - posterior| of means and sds, largest over "
               "coordinates, in sds of q (Huggins et al. 2020; * not reliable: k-hat >= 0.5)",
+    "loo": "elpd_loo: PSIS-LOO of the draws of q importance-corrected by p/q "
+           "(pyrovi.arviz.loo), an estimate; bad k: points with Pareto k above "
+           "min(1 - 1/log10 S, 0.7), where it is not reliable",
 }
 
 
@@ -69,7 +76,10 @@ class ComparisonTable:
         ``"estimate"``), ``mean_error``, ``sd_error`` (the largest error bound on a mean or
         sd over all coordinates, in sds of q; 0 for an exact posterior, None when not
         computed), ``bounds_reliable`` (k-hat < 0.5; None without bounds) and ``verdict``
-        (the verdict sentence).
+        (the verdict sentence), ``elpd_loo``, ``elpd_loo_se`` and ``loo_bad_k`` (the
+        importance-corrected PSIS-LOO of :func:`pyrovi.arviz.loo` and the number of points
+        whose Pareto k exceeds its threshold; None unless ``compare(loo=True)``, or for a
+        point-mass fit, which has no density to correct by).
 
     Notes
     -----
@@ -213,6 +223,7 @@ def compare(
     diagnostics: Mapping | None = None,
     bounds="auto",
     bracket=False,
+    loo: bool = False,
 ) -> ComparisonTable:
     """Diagnose several fits and tabulate them, one row per fit.
 
@@ -227,11 +238,18 @@ def compare(
     diagnostics : mapping of str to Diagnostics, optional
         Diagnostics already computed for some fits (by name); those fits are not diagnosed
         again.
+    loo : bool, default False
+        Add the importance-corrected PSIS-LOO of each fit (:func:`pyrovi.arviz.loo` on its
+        export, with ``seed``): ``elpd_loo``, its se and the number of bad Pareto k.  It
+        needs one pointwise log-likelihood variable (one observed site) and a density
+        (point-mass fits get ``-``).
 
     Returns
     -------
     ComparisonTable
     """
+    if not isinstance(loo, bool):
+        raise TypeError(f"loo must be True or False, got {loo!r}")
     if isinstance(results, Mapping):
         items = [(str(k), v) for k, v in results.items()]
     elif isinstance(results, Sequence) and not isinstance(results, str):
@@ -255,5 +273,34 @@ def compare(
                       bounds=bounds, bracket=_bracket_for(r, bracket))
         for name, r in items
     }
-    rows = tuple(_row(name, r, diags[name]) for name, r in items)
+    rows = tuple({**_row(name, r, diags[name]), **_loo_cells(r, loo, seed)}
+                 for name, r in items)
     return ComparisonTable(rows, diags)
+
+
+def _loo_cells(result, wanted: bool, seed) -> dict:
+    """The importance-corrected PSIS-LOO of one fit (None cells when not wanted or when
+    the fit is a point mass)."""
+    cells = {"elpd_loo": None, "elpd_loo_se": None, "loo_bad_k": None}
+    if not wanted or not (isinstance(result, FitResult) and result.has_density):
+        return cells
+    import warnings
+
+    import numpy as np
+
+    from pyrovi.arviz import loo as corrected_loo
+    from pyrovi.arviz.backend import arviz_line
+    from pyrovi.arviz.converter import to_arviz
+
+    data = to_arviz(result, posterior_predictive=False, seed=seed)
+    with warnings.catch_warnings():  # the bad-k count below says it
+        warnings.simplefilter("ignore")
+        out = corrected_loo(data)
+    k = np.asarray(out.pareto_k, dtype=float).ravel()
+    # the field is elpd_loo on ArviZ 0.2x, elpd on 1.x; se on both
+    elpd = float(out.elpd_loo if arviz_line() == 0 else out.elpd)
+    se = float(out.se)
+    good_k = min(1 - 1 / np.log10(data["posterior"].sizes["chain"]
+                                 * data["posterior"].sizes["draw"]), 0.7)
+    cells.update(elpd_loo=elpd, elpd_loo_se=se, loo_bad_k=int(np.sum(k > good_k)))
+    return cells

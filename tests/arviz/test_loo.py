@@ -164,3 +164,23 @@ def test_missing_groups_and_variables_are_named(exports, em_fit):
     with pytest.raises(PyroviError, match=r"no log_likelihood variable 'y'; the variables "
                                           r"are \['obs'\]"):
         pyrovi_loo(exports["meanfield"], var_name="y")
+
+
+def test_pyrovi_compare_tabulates_the_corrected_loo(meanfield, fullrank):
+    import pyrovi
+
+    fits = {"meanfield": meanfield, "fullrank": fullrank}
+    table = _quiet(pyrovi.compare, fits, loo=True, seed=0, num_particles=200, bounds=False)
+    for row in table.rows:
+        # the same export (same seed) through pyrovi.arviz.loo
+        ref = _quiet(pyrovi_loo, to_arviz(fits[row["name"]], posterior_predictive=False,
+                                          seed=0))
+        assert row["elpd_loo"] == pytest.approx(elpd(ref), rel=1e-12)
+        assert row["elpd_loo_se"] == pytest.approx(float(ref.se), rel=1e-12)
+        threshold = min(1 - 1 / math.log10(1000), 0.7)
+        assert row["loo_bad_k"] == int(np.sum(pareto_k(ref) > threshold))
+    assert "elpd_loo" in table.columns and "elpd_loo" in str(table)
+    plain = _quiet(pyrovi.compare, fits, seed=0, num_particles=200, bounds=False)
+    assert "elpd_loo" not in plain.columns
+    with pytest.raises(TypeError, match=r"loo must be True or False, got 'yes'"):
+        pyrovi.compare(fits, loo="yes", num_particles=200, bounds=False)

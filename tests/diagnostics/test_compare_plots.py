@@ -20,8 +20,8 @@ def table(meanfield, fullrank, em_result):
 def test_table_rows_and_columns(table, meanfield, em_result):
     assert isinstance(table, ComparisonTable)
     assert [r["name"] for r in table.rows] == ["meanfield", "fullrank", "em"]
-    # error bounds by default, so their columns show; no bracket was asked for
-    assert table.columns == tuple(k for k in COLUMNS if OPTIONAL.get(k) != "bracket")
+    # error bounds by default, so their columns show; no bracket nor loo was asked for
+    assert table.columns == tuple(k for k in COLUMNS if OPTIONAL.get(k) not in ("bracket", "loo"))
     for row in table.rows:
         assert set(row) == set(COLUMNS) | {"bounds_reliable", "verdict"}
         assert row["bracket_lower"] is None and row["upper_is"] is None
