@@ -474,7 +474,6 @@ case(
     # particle is a TraceEnum_ELBO pass: one particle per step, 300 steps
     fit_options={"num_particles": 1, "num_steps": 300, "elbo_particles": 100},
     diag=100,
-    workflow_xfail="to_arviz's marginal log-likelihood (the default with enumerated states): pyrovi._draws.enumerated_pointwise_log_lik raises KeyError 'c' in pyro.ops.rings.broadcast when an observed site (y_t, in the 'tones' plate) has a plate that the enumerated terms contracted before it lack",
 )
 
 
@@ -1028,6 +1027,27 @@ def test_em_enum_evidence_counts_masked_latents_once():
     record("hmm_model_6", "estep:log_evidence_vs_traceenum", abs(got - ref))
     assert got == pytest.approx(ref, abs=1e-3)
     assert got == pytest.approx(exact, abs=1e-3)
+
+
+def test_hmm_model_1_marginal_log_likelihood_adds_up_to_the_bruteforce_sum():
+    """hmm.py model_1's exported marginal log-likelihood: the tones of one step share their
+    hidden state, so they are split by the chain rule; the terms of each sequence at each
+    draw add up to its brute-force log p(y_n | probs), every hidden path summed."""
+    r = get("hmm_model_1", "meanfield")
+    idata = r.to_arviz(5, posterior_predictive=False)
+    ll = idata.log_likelihood
+    assert ll.attrs["log_likelihood"] == "marginal"
+    px = torch.as_tensor(idata.posterior["probs_x"].values.reshape(-1, 2, 2))
+    py = torch.as_tensor(idata.posterior["probs_y"].values.reshape(-1, 2, 3))
+    assert {v: ll[v].shape for v in ll.data_vars} == {f"y_{t}": (1, 5, 4, 3) for t in range(4)}
+    terms = np.stack([ll[v].values.reshape(5, 4, -1).sum(-1) for v in ll.data_vars]).sum(0)
+    worst = 0.0
+    for s in range(5):
+        for n in range(4):
+            exact = m.hmm_loglik_bruteforce(px[s], py[s], HMM_SEQS[n : n + 1], HMM_LENGTHS[n : n + 1])
+            worst = max(worst, abs(exact - terms[s, n]))
+    record("hmm_model_1", "meanfield:pointwise_ll_vs_bruteforce", worst)
+    assert worst < 1e-3
 
 
 def test_em_refuses_continuous_latents_by_name():
