@@ -20,7 +20,7 @@ from pyrovi._draws import (
     predictive_draws,
     seeded_draws,
 )
-from pyrovi._plates import full_data_runs, vectorize_else_loop
+from pyrovi._plates import first_chunk_model, full_data_runs, vectorize_else_loop
 from pyrovi._result import FitResult
 from pyrovi._runtime import check_positive
 from pyrovi.families import lookup
@@ -244,15 +244,32 @@ class VIResult(FitResult):
         :math:`p(z_d \mid x, z_c)` given each draw of the guide's latents ``values``
         (Pyro's ``infer_discrete``; one draw at a time).
 
+        For a model that subsamples the plate an enumerated site lives in (the sequences of
+        an HMM fitted with ``subsample_size``), every draw covers the same entries, the
+        first ``subsample_size`` of the plate (:func:`pyrovi._plates.first_chunk_model`),
+        from their posterior given those entries' unscaled data; a site that those entries
+        do not reach (a step past each of their lengths) is left out.
+
         Returns
         -------
         dict of str to torch.Tensor
             Enumerated site -> ``(n, *site_shape)``; empty when nothing was enumerated.
+
+        Raises
+        ------
+        ModelError
+            When an enumerated site occurs in some runs and not in others (its draws would
+            not line up), or several plates subsample and an enumerated site lives in one.
         """
         if not self.enumerated_sites:
             return {}
         n = next(iter(values.values())).shape[0]
-        model = config_enumerate(self.model, default="parallel")
+        model = self.model
+        with self.scope():
+            chunked = first_chunk_model(model, self.args, self.kwargs, tuple(self.enumerated_sites))
+        if chunked is not None:
+            model = chunked[0]
+        model = config_enumerate(model, default="parallel")
         rows: dict[str, list] = {k: [] for k in self.enumerated_sites}
         with seeded_draws(seed, self.device), self.scope(), torch.no_grad():
             for i in range(n):
@@ -262,8 +279,20 @@ class VIResult(FitResult):
                 )
                 trace = poutine.trace(sampler).get_trace(*self.args, **self.kwargs)
                 for k in rows:
-                    rows[k].append(trace.nodes[k]["value"].reshape(self.site_shapes[k].shape))
-        return {k: torch.stack(v) for k, v in rows.items()}
+                    if k in trace.nodes:
+                        rows[k].append(trace.nodes[k]["value"].reshape(self.site_shapes[k].shape))
+        uneven = [k for k, v in rows.items() if 0 < len(v) < n]
+        if uneven:
+            from pyrovi.errors import ModelError
+
+            raise ModelError(
+                f"enumerated site(s) {uneven} occur in some runs of the model and not in "
+                f"others ({[len(rows[k]) for k in uneven]} of {n} draws): their draws do not "
+                "line up. Give the model the same sample sites in every run (mask the steps "
+                "it does not use, as hmm.py does with args.jit).",
+                site=uneven[0],
+            )
+        return {k: torch.stack(v) for k, v in rows.items() if v}
 
     def log_joint(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         r""":math:`\log p(x, z)` at each draw of ``values`` at the fitted parameters.
