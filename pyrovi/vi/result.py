@@ -20,7 +20,12 @@ from pyrovi._draws import (
     predictive_draws,
     seeded_draws,
 )
-from pyrovi._plates import first_chunk_model, full_data_runs, vectorize_else_loop
+from pyrovi._plates import (
+    first_chunk_model,
+    full_data_runs,
+    subsample_chunks,
+    vectorize_else_loop,
+)
 from pyrovi._result import FitResult
 from pyrovi._runtime import check_positive
 from pyrovi.families import lookup
@@ -408,20 +413,42 @@ class VIResult(FitResult):
         -------
         dict of str to torch.Tensor
             Every sample site of the model (observed ones included) with a leading
-            dimension ``n``.
+            dimension ``n``.  For a model that subsamples a plate
+            (``subsample_size``), the sites of the plate cover its full data, as in
+            ``to_arviz``: the model is run on index chunks that cover the plate
+            (:func:`pyrovi._plates.subsample_chunks`) at the same posterior draws, and
+            the chunks are joined along the plate.  When a latent site lives in that plate
+            (its draws cover one subsample only), one random subsample instead, of the
+            plate's subsample size.
+
+        Raises
+        ------
+        ModelError
+            For a model that subsamples several plates, or a sequential one.
         """
         check_positive("n", n, integer=True)
         if not args and not kwargs:
             args, kwargs = self.args, self.kwargs
-        with seeded_draws(seed, self.device), self.scope(), torch.no_grad():
-            latents = self.sample(n)
+
+        def draws(model):
             return vectorize_else_loop(
                 lambda vectorized: predictive_draws(
-                    self.model, args, kwargs, latents, max_plate_nesting=self.max_plate_nesting,
+                    model, args, kwargs, latents, max_plate_nesting=self.max_plate_nesting,
                     vectorized=vectorized,
                 ),
                 self.vectorized and not self.enumerated_sites,
             )
+
+        with seeded_draws(seed, self.device), self.scope(), torch.no_grad():
+            plan = subsample_chunks(self.model, args, kwargs)
+            latents = self.sample(n)
+            if plan is None or any(k in plan.axes for k in self.latent_sites):
+                return draws(self.model)
+            parts = [
+                draws(poutine.condition(self.model, data={plan.plate: idx}))
+                for idx, _ in plan.chunks
+            ]
+            return plan.assemble(parts)
 
     def linear_response_covariance(self) -> torch.Tensor:
         r"""The linear-response covariance of the latents at DADVI's optimum, ``(D, D)``.

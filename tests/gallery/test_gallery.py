@@ -257,7 +257,6 @@ case(
     families={"meanfield": None},
     check=check_subsample,
     # to_arviz covers all 10 flips (observed_data, log_likelihood, posterior_predictive)
-    workflow_xfail="subsample_size: result.predictive(n) runs the model once and so draws one random subsample (shape (5,)), where to_arviz's posterior_predictive covers all 10 flips",
     observed_shapes={"obs": (10,)},
 )
 
@@ -1088,6 +1087,28 @@ def test_hmm_subsampled_state_draws_are_the_exact_posterior_of_fixed_sequences()
             worst = max(worst, abs(float(freq - exact[t])))
     record("hmm_model_1_subsampled", "meanfield:state_posterior_vs_bruteforce", worst)
     assert worst < 0.06  # 1,000 draws: a standard error of at most 0.016
+
+
+def test_subsampled_predictive_covers_the_full_data():
+    """coin_subsample (10 flips, subsample_size=5): result.predictive draws all 10 flips, as
+    to_arviz's posterior_predictive does, each flip from the same posterior draw of the
+    fairness (the chunks of the plate share the draws)."""
+    r = get("coin_subsample", "meanfield")
+    n = 20000
+    pred = r.predictive(n, seed=0)
+    assert pred["obs"].shape == (n, 10)
+    assert pred["latent_fairness"].shape == (n,)
+    # each flip is Bernoulli(f) at the draw's f: its mean per flip is E[f]
+    f = pred["latent_fairness"].double()
+    flips = pred["obs"].double()
+    worst = float((flips.mean(0) - f.mean()).abs().max())
+    record("coin_subsample", "meanfield:predictive_flip_mean_vs_fairness", worst)
+    assert worst < 4 * 0.5 / n**0.5
+    # the flips of one draw share its f (both chunks): Cov(flip, f) = Var(f) (about 0.01)
+    # for every flip, where flips from other draws of f would give 0 (standard error 4e-4)
+    cov = ((flips - flips.mean(0)) * (f - f.mean())[:, None]).mean(0)
+    assert float(f.var()) > 0.005
+    torch.testing.assert_close(cov, f.var().expand(10), atol=0.003, rtol=0)
 
 
 def test_em_refuses_continuous_latents_by_name():
