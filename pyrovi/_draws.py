@@ -398,7 +398,6 @@ def _marginal_log_lik_once(
     from collections import OrderedDict
 
     from pyro.ops import packed
-    from pyro.ops.contract import contract_to_tensor
     from pyro.poutine.enum_messenger import EnumMessenger
     from pyro.poutine.util import prune_subsample_sites
 
@@ -427,16 +426,105 @@ def _marginal_log_lik_once(
             sum_dims.add(site["infer"]["_enumerate_symbol"])
     out = {}
     for name, ordinal, term in terms:
-        before = contract_to_tensor(tree, sum_dims, target_ordinal=ordinal) if tree else None
+        value = _chain_rule_terms(tree, sum_dims, ordinal, term, name, trace.symbol_to_dim)
         tree.setdefault(ordinal, []).append(term)
-        after = contract_to_tensor(tree, sum_dims, target_ordinal=ordinal)
-        value = packed.unpack(after, trace.symbol_to_dim)
-        if before is not None:
-            value = value - packed.unpack(before, trace.symbol_to_dim)
         batch = tuple(shapes[name].batch_shape)
         pad = max(0, value.dim() - len(batch))
         out[name] = torch.broadcast_to(value, (1,) * pad + batch).reshape(batch)
     return out
+
+
+# entries of an observed site coupled by a discrete latent outside their plate are split by
+# the chain rule, one contraction per entry: past this many, the export is refused
+MAX_COUPLED_ENTRIES = 256
+
+
+def _coupled_plates(tree, sum_dims: set, ordinal: frozenset, term) -> list:
+    """The plate symbols of ``ordinal`` (present in ``term``) along which the entries of an
+    observed site are not independent given the continuous latents: plates that some
+    enumerated term connected to ``term`` through shared enumeration dims lacks (e.g. the
+    'tones' of an HMM emission ``y_t`` whose state ``x_t`` lives outside that plate)."""
+    items = [(t, o) for o, ts in tree.items() for t in ts]
+    dims = set(term._pyro_dims) & sum_dims
+    connected: list = []
+    grew = True
+    while grew:
+        grew = False
+        for t, o in items:
+            if any(t is c for c, _ in connected):
+                continue
+            if dims & set(t._pyro_dims):
+                connected.append((t, o))
+                dims |= set(t._pyro_dims) & sum_dims
+                grew = True
+    plates = [s for s in ordinal if s in term._pyro_dims]
+    return sorted(s for s in plates if any(s not in o for _, o in connected))
+
+
+def _contract(tree, sum_dims: set, ordinal: frozenset, symbol_to_dim) -> torch.Tensor:
+    """``contract_to_tensor`` of ``tree`` down to the plates of ``ordinal`` that its terms
+    carry (a plate no term has is a broadcast, done by torch), unpacked."""
+    from pyro.ops import packed
+    from pyro.ops.contract import contract_to_tensor
+
+    present = set().union(*(set(t._pyro_dims) for ts in tree.values() for t in ts))
+    target = frozenset(s for s in ordinal if s in present)
+    return packed.unpack(contract_to_tensor(tree, sum_dims, target_ordinal=target), symbol_to_dim)
+
+
+def _chain_rule_terms(tree, sum_dims, ordinal, term, name, symbol_to_dim) -> torch.Tensor:
+    r"""log p(x_{s,i} | x_{s,<i}, x_{<s}) for every entry i of an observed site's term: the
+    difference of contractions with and without the entry.  Entries along plates that the
+    discrete latents do not live in (:func:`_coupled_plates`) are coupled through those
+    latents: they are taken one at a time in index order (the chain rule along the plates),
+    so the terms still add up to log p(x | z_c)."""
+    from collections import OrderedDict
+
+    from pyro.ops import packed
+
+    from pyrovi.errors import PyroviError
+
+    def with_term(t, o=ordinal):
+        grown = OrderedDict((k, list(v)) for k, v in tree.items())
+        grown.setdefault(o, []).append(t)
+        return grown
+
+    coupled = _coupled_plates(tree, sum_dims, ordinal, term)
+    if not coupled:
+        after = _contract(with_term(term), sum_dims, ordinal, symbol_to_dim)
+        return after - _contract(tree, sum_dims, ordinal, symbol_to_dim) if tree else after
+    axes = [term._pyro_dims.index(s) for s in coupled]
+    sizes = [term.shape[a] for a in axes]
+    count = 1
+    for size in sizes:
+        count *= size
+    if count > MAX_COUPLED_ENTRIES:
+        raise PyroviError(
+            f"site {name!r}: its {count} entries along plate(s) {coupled} are coupled by a "
+            f"summed-out discrete latent outside those plates, and its marginal pointwise "
+            f"log-likelihood takes one contraction per entry (at most {MAX_COUPLED_ENTRIES}); "
+            "pass log_likelihood=False to export without it"
+        )
+    # the entries' linear index in index order, broadcast along the term's own dims
+    index = torch.zeros((), dtype=torch.long)
+    for a, size in zip(axes, sizes):
+        shape = [1] * term.dim()
+        shape[a] = size
+        index = index * size + torch.arange(size).reshape(shape)
+    keep = [s for s in ordinal if s not in coupled]
+    outer = frozenset(keep)
+    previous = _contract(tree, sum_dims, outer, symbol_to_dim) if tree else None
+    value = torch.zeros(())
+    for k in range(count):
+        part = term.masked_fill(index > k, 0.0)
+        part._pyro_dims = term._pyro_dims
+        current = _contract(with_term(part), sum_dims, outer, symbol_to_dim)
+        step = current if previous is None else current - previous
+        entry = (index == k).to(term.dtype)
+        entry._pyro_dims = term._pyro_dims
+        value = value + step * packed.unpack(entry, symbol_to_dim)
+        previous = current
+    return value
 
 
 def enumerated_pointwise_log_lik(
@@ -461,7 +549,11 @@ def enumerated_pointwise_log_lik(
     observation; for observed sites along a chain (an HMM written with ``pyro.markov``),
     the one-step-ahead :math:`\log p(x_t \mid x_{<t})`, which add up to
     :math:`\log p(x \mid z_c)`.  Entries of one vectorized plate are each marginalized on
-    their own, which is exact when the discrete latents are local to that plate.
+    their own when the discrete latents are local to that plate; entries coupled by a
+    discrete latent outside a plate (an HMM's tones emitted by one state) are taken one at a
+    time in index order, :math:`\log p(x_{s,i} \mid x_{s,<i}, x_{<s})`, so the terms still
+    add up to the total.  More than :data:`MAX_COUPLED_ENTRIES` such entries in one site:
+    :class:`~pyrovi.errors.PyroviError` (export with ``log_likelihood=False``).
 
     ``values`` holds the continuous latents to condition on (``(n, *shape)`` each; empty
     when every latent is discrete, in which case the result is computed once and

@@ -271,3 +271,135 @@ def full_data_runs(
     runs.append((_Chunk(plate, factor, torch.zeros(size, dtype=torch.bool), dim)(globals_only),
                  1.0 - len(runs)))
     return runs
+
+
+def first_chunk_model(
+    model: Callable, args: tuple, kwargs: dict, sites: tuple
+) -> tuple[Callable, str] | None:
+    """``(model_1, plate)``: ``model`` with its subsampled plate conditioned on the fixed
+    index chunk ``0..s-1`` (``s`` its subsample size) and the plate's ``full / s`` scale
+    undone, when a site of ``sites`` lives in that plate; None when no plate subsamples or
+    none of ``sites`` lives in one.
+
+    Draws of such local sites then cover the same entries of the plate in every run (a
+    random subsample per run would give each draw other entries), and a posterior
+    conditional of them, such as Pyro's ``infer_discrete``, is that of the unscaled
+    data (the plate's scale would temper it).
+
+    Raises
+    ------
+    ModelError
+        When several plates subsample and a site of ``sites`` lives in one of them.
+    """
+    from pyrovi.errors import ModelError
+
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the caller's draws unchanged
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    sub = {
+        name: (site["fn"].size, site["fn"].subsample_size)
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site_is_subsample(site)
+    }
+    sub = {k: v for k, v in sub.items() if v[1] is not None and v[1] < v[0]}
+    frames = {
+        f.name: f.dim for k in sites if k in trace.nodes
+        for f in trace.nodes[k]["cond_indep_stack"] if f.name in sub and f.vectorized
+    }
+    if not frames:
+        return None
+    if len(sub) > 1:
+        raise ModelError(
+            f"the model subsamples {len(sub)} plates {sorted(sub)} and site(s) of {list(sites)} "
+            "live in one of them; pyrovi draws local sites for one subsampled plate only. "
+            "Give all but one of them subsample_size=None.",
+        )
+    (plate, dim), = frames.items()
+    full, size = sub[plate]
+    chunk = poutine.condition(model, data={plate: torch.arange(size)})
+    return _Chunk(plate, full / size, torch.ones(size, dtype=torch.bool), dim)(chunk), plate
+
+
+@dataclasses.dataclass(frozen=True)
+class SubsampleChunks:
+    """The index chunks of a model's subsampled plate that cover its full data.
+
+    Attributes
+    ----------
+    plate : str
+        The plate's name.
+    chunks : list of (torch.Tensor, int)
+        ``(indices, keep_from)``: ``subsample_size`` indices each, covering ``0..N-1`` in
+        order; the last chunk overlaps its predecessor, and its first ``keep_from``
+        positions (the overlap) are to be dropped.
+    axes : dict of str to int
+        Sample site inside the plate -> the axis of its value (one run) that the plate
+        owns.
+    """
+
+    plate: str
+    chunks: list
+    axes: dict
+
+    def assemble(self, parts: list, lead: int = 1) -> dict:
+        """Join per-chunk site values (``lead`` leading draw axes) along the plate; a site
+        outside the plate is taken from the first chunk."""
+        out = {}
+        for k in parts[0]:
+            if k not in self.axes:
+                out[k] = parts[0][k]
+                continue
+            axis = lead + self.axes[k]
+            out[k] = torch.cat(
+                [p[k].narrow(axis, keep, p[k].shape[axis] - keep)
+                 for p, (_, keep) in zip(parts, self.chunks, strict=True)],
+                dim=axis,
+            )
+        return out
+
+
+def subsample_chunks(model: Callable, args: tuple, kwargs: dict) -> SubsampleChunks | None:
+    """The :class:`SubsampleChunks` of a model that subsamples one vectorized plate; None
+    for a model that subsamples none.
+
+    Raises
+    ------
+    ModelError
+        When more than one plate subsamples, or the subsampled plate is sequential.
+    """
+    from pyrovi.errors import ModelError
+
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the caller's draws unchanged
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    sub = {
+        name: (site["fn"].size, site["fn"].subsample_size)
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site_is_subsample(site)
+    }
+    sub = {k: v for k, v in sub.items() if v[1] is not None and v[1] < v[0]}
+    if not sub:
+        return None
+    if len(sub) > 1:
+        raise ModelError(
+            f"the model subsamples {len(sub)} plates {sorted(sub)}; pyrovi covers the full "
+            "data of one subsampled plate only. Give all but one of them subsample_size=None."
+        )
+    (plate, (full, size)), = sub.items()
+    axes = {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        for f in site["cond_indep_stack"]:
+            if f.name != plate:
+                continue
+            if not f.vectorized:
+                raise ModelError(
+                    f"plate {plate!r} subsamples {size} of {full} and is sequential (`for i "
+                    "in pyro.plate(...)`): pyrovi covers the full data of a vectorized plate "
+                    "only. Write it `with pyro.plate(...)`, or fit without subsample_size."
+                )
+            axes[name] = len(site["fn"].batch_shape) + f.dim
+    chunks = []
+    for start in range(0, full, size):
+        first = min(start, full - size)
+        chunks.append((torch.arange(first, first + size), start - first))
+    return SubsampleChunks(plate, chunks, axes)

@@ -20,7 +20,12 @@ from pyrovi._draws import (
     predictive_draws,
     seeded_draws,
 )
-from pyrovi._plates import full_data_runs, vectorize_else_loop
+from pyrovi._plates import (
+    first_chunk_model,
+    full_data_runs,
+    subsample_chunks,
+    vectorize_else_loop,
+)
 from pyrovi._result import FitResult
 from pyrovi._runtime import check_positive
 from pyrovi.families import lookup
@@ -244,15 +249,32 @@ class VIResult(FitResult):
         :math:`p(z_d \mid x, z_c)` given each draw of the guide's latents ``values``
         (Pyro's ``infer_discrete``; one draw at a time).
 
+        For a model that subsamples the plate an enumerated site lives in (the sequences of
+        an HMM fitted with ``subsample_size``), every draw covers the same entries, the
+        first ``subsample_size`` of the plate (:func:`pyrovi._plates.first_chunk_model`),
+        from their posterior given those entries' unscaled data; a site that those entries
+        do not reach (a step past each of their lengths) is left out.
+
         Returns
         -------
         dict of str to torch.Tensor
             Enumerated site -> ``(n, *site_shape)``; empty when nothing was enumerated.
+
+        Raises
+        ------
+        ModelError
+            When an enumerated site occurs in some runs and not in others (its draws would
+            not line up), or several plates subsample and an enumerated site lives in one.
         """
         if not self.enumerated_sites:
             return {}
         n = next(iter(values.values())).shape[0]
-        model = config_enumerate(self.model, default="parallel")
+        model = self.model
+        with self.scope():
+            chunked = first_chunk_model(model, self.args, self.kwargs, tuple(self.enumerated_sites))
+        if chunked is not None:
+            model = chunked[0]
+        model = config_enumerate(model, default="parallel")
         rows: dict[str, list] = {k: [] for k in self.enumerated_sites}
         with seeded_draws(seed, self.device), self.scope(), torch.no_grad():
             for i in range(n):
@@ -262,8 +284,20 @@ class VIResult(FitResult):
                 )
                 trace = poutine.trace(sampler).get_trace(*self.args, **self.kwargs)
                 for k in rows:
-                    rows[k].append(trace.nodes[k]["value"].reshape(self.site_shapes[k].shape))
-        return {k: torch.stack(v) for k, v in rows.items()}
+                    if k in trace.nodes:
+                        rows[k].append(trace.nodes[k]["value"].reshape(self.site_shapes[k].shape))
+        uneven = [k for k, v in rows.items() if 0 < len(v) < n]
+        if uneven:
+            from pyrovi.errors import ModelError
+
+            raise ModelError(
+                f"enumerated site(s) {uneven} occur in some runs of the model and not in "
+                f"others ({[len(rows[k]) for k in uneven]} of {n} draws): their draws do not "
+                "line up. Give the model the same sample sites in every run (mask the steps "
+                "it does not use, as hmm.py does with args.jit).",
+                site=uneven[0],
+            )
+        return {k: torch.stack(v) for k, v in rows.items() if v}
 
     def log_joint(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         r""":math:`\log p(x, z)` at each draw of ``values`` at the fitted parameters.
@@ -379,20 +413,42 @@ class VIResult(FitResult):
         -------
         dict of str to torch.Tensor
             Every sample site of the model (observed ones included) with a leading
-            dimension ``n``.
+            dimension ``n``.  For a model that subsamples a plate
+            (``subsample_size``), the sites of the plate cover its full data, as in
+            ``to_arviz``: the model is run on index chunks that cover the plate
+            (:func:`pyrovi._plates.subsample_chunks`) at the same posterior draws, and
+            the chunks are joined along the plate.  When a latent site lives in that plate
+            (its draws cover one subsample only), one random subsample instead, of the
+            plate's subsample size.
+
+        Raises
+        ------
+        ModelError
+            For a model that subsamples several plates, or a sequential one.
         """
         check_positive("n", n, integer=True)
         if not args and not kwargs:
             args, kwargs = self.args, self.kwargs
-        with seeded_draws(seed, self.device), self.scope(), torch.no_grad():
-            latents = self.sample(n)
+
+        def draws(model):
             return vectorize_else_loop(
                 lambda vectorized: predictive_draws(
-                    self.model, args, kwargs, latents, max_plate_nesting=self.max_plate_nesting,
+                    model, args, kwargs, latents, max_plate_nesting=self.max_plate_nesting,
                     vectorized=vectorized,
                 ),
                 self.vectorized and not self.enumerated_sites,
             )
+
+        with seeded_draws(seed, self.device), self.scope(), torch.no_grad():
+            plan = subsample_chunks(self.model, args, kwargs)
+            latents = self.sample(n)
+            if plan is None or any(k in plan.axes for k in self.latent_sites):
+                return draws(self.model)
+            parts = [
+                draws(poutine.condition(self.model, data={plan.plate: idx}))
+                for idx, _ in plan.chunks
+            ]
+            return plan.assemble(parts)
 
     def linear_response_covariance(self) -> torch.Tensor:
         r"""The linear-response covariance of the latents at DADVI's optimum, ``(D, D)``.

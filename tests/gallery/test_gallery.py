@@ -257,7 +257,6 @@ case(
     families={"meanfield": None},
     check=check_subsample,
     # to_arviz covers all 10 flips (observed_data, log_likelihood, posterior_predictive)
-    workflow_xfail="subsample_size: result.predictive(n) runs the model once and so draws one random subsample (shape (5,)), where to_arviz's posterior_predictive covers all 10 flips",
     observed_shapes={"obs": (10,)},
 )
 
@@ -474,7 +473,6 @@ case(
     # particle is a TraceEnum_ELBO pass: one particle per step, 300 steps
     fit_options={"num_particles": 1, "num_steps": 300, "elbo_particles": 100},
     diag=100,
-    workflow_xfail="to_arviz's marginal log-likelihood (the default with enumerated states): pyrovi._draws.enumerated_pointwise_log_lik raises KeyError 'c' in pyro.ops.rings.broadcast when an observed site (y_t, in the 'tones' plate) has a plate that the enumerated terms contracted before it lack",
 )
 
 
@@ -497,7 +495,6 @@ case(
     # the hidden states x_t live in the subsampled plate: a posterior draw of them covers one
     # batch of sequences, so the export refuses the full data's log-likelihood, saying why
     export_refused=r"latent site\(s\) \['x_0', 'x_1', 'x_2', 'x_3'\] live in the subsampled plate 'sequences'",
-    workflow_xfail="subsample_size with enumerated states: to_arviz(log_likelihood=False, posterior_predictive=False) raises KeyError 'x_3' in VIResult.sample_enumerated when a random batch of sequences is shorter than 4 (range(lengths.max()) has no x_3)",
     workflow_slow=True,
 )
 
@@ -1028,6 +1025,90 @@ def test_em_enum_evidence_counts_masked_latents_once():
     record("hmm_model_6", "estep:log_evidence_vs_traceenum", abs(got - ref))
     assert got == pytest.approx(ref, abs=1e-3)
     assert got == pytest.approx(exact, abs=1e-3)
+
+
+def test_hmm_model_1_marginal_log_likelihood_adds_up_to_the_bruteforce_sum():
+    """hmm.py model_1's exported marginal log-likelihood: the tones of one step share their
+    hidden state, so they are split by the chain rule; the terms of each sequence at each
+    draw add up to its brute-force log p(y_n | probs), every hidden path summed."""
+    r = get("hmm_model_1", "meanfield")
+    idata = r.to_arviz(5, posterior_predictive=False)
+    ll = idata.log_likelihood
+    assert ll.attrs["log_likelihood"] == "marginal"
+    px = torch.as_tensor(idata.posterior["probs_x"].values.reshape(-1, 2, 2))
+    py = torch.as_tensor(idata.posterior["probs_y"].values.reshape(-1, 2, 3))
+    assert {v: ll[v].shape for v in ll.data_vars} == {f"y_{t}": (1, 5, 4, 3) for t in range(4)}
+    terms = np.stack([ll[v].values.reshape(5, 4, -1).sum(-1) for v in ll.data_vars]).sum(0)
+    worst = 0.0
+    for s in range(5):
+        for n in range(4):
+            exact = m.hmm_loglik_bruteforce(px[s], py[s], HMM_SEQS[n : n + 1], HMM_LENGTHS[n : n + 1])
+            worst = max(worst, abs(exact - terms[s, n]))
+    record("hmm_model_1", "meanfield:pointwise_ll_vs_bruteforce", worst)
+    assert worst < 1e-3
+
+
+def _hmm_state_posterior(px, py, seq, length):
+    """p(x_t = 1 | y, probs) for t < length, path by path (hmm.py model_1, x starts at 0)."""
+    import itertools
+
+    logs, ones = [], []
+    for path in itertools.product(range(2), repeat=length):
+        lp, prev = 0.0, 0
+        for t, x in enumerate(path):
+            lp += float(px[prev, x].log() + dist.Bernoulli(py[x]).log_prob(seq[t]).sum())
+            prev = x
+        logs.append(lp)
+        ones.append(path)
+    w = torch.softmax(torch.tensor(logs, dtype=torch.float64), 0)
+    return (w[:, None] * torch.tensor(ones, dtype=torch.float64)).sum(0)
+
+
+@pytest.mark.slow
+def test_hmm_subsampled_state_draws_are_the_exact_posterior_of_fixed_sequences():
+    """hmm_model_1 fitted with batch_size=2: every draw of the hidden states covers the same
+    sequences (the first two), from their exact posterior given the unscaled data (the
+    plate's scale of 2 would temper it), whatever batch a run of the model draws."""
+    r = get("hmm_model_1_subsampled", "meanfield")
+    # weak emissions: the posteriors of the four sequences differ (0.08 against 0.34 at
+    # step 0) and the tempered ones by up to 0.18
+    px = torch.tensor([[0.6, 0.4], [0.4, 0.6]])
+    py = torch.tensor([[0.7, 0.3, 0.5], [0.3, 0.7, 0.5]])
+    n = 1000
+    values = {"probs_x": px.expand(n, 2, 2), "probs_y": py.expand(n, 2, 3)}
+    draws = r.sample_enumerated(values, seed=0)
+    assert sorted(draws) == [f"x_{t}" for t in range(4)]  # the first two reach step 3
+    worst = 0.0
+    for seq in range(2):
+        length = int(HMM_LENGTHS[seq])
+        exact = _hmm_state_posterior(px, py, HMM_SEQS[seq], length)
+        for t in range(length):
+            freq = draws[f"x_{t}"][:, seq, 0].double().mean()
+            worst = max(worst, abs(float(freq - exact[t])))
+    record("hmm_model_1_subsampled", "meanfield:state_posterior_vs_bruteforce", worst)
+    assert worst < 0.06  # 1,000 draws: a standard error of at most 0.016
+
+
+def test_subsampled_predictive_covers_the_full_data():
+    """coin_subsample (10 flips, subsample_size=5): result.predictive draws all 10 flips, as
+    to_arviz's posterior_predictive does, each flip from the same posterior draw of the
+    fairness (the chunks of the plate share the draws)."""
+    r = get("coin_subsample", "meanfield")
+    n = 20000
+    pred = r.predictive(n, seed=0)
+    assert pred["obs"].shape == (n, 10)
+    assert pred["latent_fairness"].shape == (n,)
+    # each flip is Bernoulli(f) at the draw's f: its mean per flip is E[f]
+    f = pred["latent_fairness"].double()
+    flips = pred["obs"].double()
+    worst = float((flips.mean(0) - f.mean()).abs().max())
+    record("coin_subsample", "meanfield:predictive_flip_mean_vs_fairness", worst)
+    assert worst < 4 * 0.5 / n**0.5
+    # the flips of one draw share its f (both chunks): Cov(flip, f) = Var(f) (about 0.01)
+    # for every flip, where flips from other draws of f would give 0 (standard error 4e-4)
+    cov = ((flips - flips.mean(0)) * (f - f.mean())[:, None]).mean(0)
+    assert float(f.var()) > 0.005
+    torch.testing.assert_close(cov, f.var().expand(10), atol=0.003, rtol=0)
 
 
 def test_em_refuses_continuous_latents_by_name():
