@@ -100,8 +100,12 @@ def test_khat_flags_a_too_narrow_guide():
     def exact_q(X, y):
         pyro.sample("w", dist.MultivariateNormal(mean, cov))
 
+    # k = 1 - (smallest / largest posterior variance) ~ 0.998 here, but its estimate is
+    # noisy that close to 1 (0.64 to 1.08 over 20 seeds at 4,000 draws, 0.74 to 1.05 at
+    # 16,000): a fixed seed, so the test does not depend on what ran before it
+    pyro.set_rng_seed(1)
     bad = psis_diagnostic(importance_log_weights(correlated_model, narrow, (X, y),
-                                                 num_particles=4000).log_w)
+                                                 num_particles=16000).log_w)
     good = psis_diagnostic(importance_log_weights(correlated_model, exact_q, (X, y),
                                                   num_particles=4000).log_w)
     assert bad.khat > 0.7 and bad.verdict.startswith("bad")
