@@ -129,7 +129,12 @@ def test_exact_refuses_nonlinear_site():
         b = pyro.sample("b", dist.Normal(torch.tensor(0.0, dtype=F64), 1.0))
         pyro.sample("y", dist.Normal(a + b**3, 1.0), obs=y)
 
-    with pytest.raises(IntractableError, match=r"site 'b' enters log p\(x, z\) non-quad.*'ais'"):
+    # the expansion point is a prior draw: from some, -H of b**3 is not positive definite
+    # there, from others the quadratic fails away from the mode; both refuse, naming 'b'
+    pyro.set_rng_seed(0)
+    with pytest.raises(IntractableError, match=r"site 'b' (enters log p\(x, z\) non-quad|"
+                                               r"makes -Hessian of log p\(x, z\) not "
+                                               r"positive definite).*'ais'"):
         log_evidence(model, torch.tensor(0.3, dtype=F64))
 
 
