@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
-from pyrovi._runtime import param_scope
+from pyrovi._runtime import default_device, param_scope
 
 if TYPE_CHECKING:
     from pyrovi._draws import Draws
@@ -166,7 +166,7 @@ class FitResult(abc.ABC):
             "params": {k: v.detach().clone() for k, v in self.param_state["params"].items()},
             "constraints": dict(self.param_state["constraints"]),
         }
-        with param_scope(state), torch.device(self.device):
+        with param_scope(state), default_device(self.device):
             yield
 
     def to_arviz(self, num_samples: int = 1000, **kwargs):

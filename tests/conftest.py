@@ -17,8 +17,11 @@ os.environ.setdefault("PYROVI_COMPILE", "0")
 
 @pytest.fixture(autouse=True)
 def _clean_pyro_state():
-    """Each test starts with an empty global parameter store and float32 default dtype."""
+    """Each test starts with an empty global parameter store, float32 default dtype and
+    seeded global RNGs: under pytest-xdist the order of tests on a worker changes from run to
+    run, and a test drawing from an unseeded global RNG would see a different stream each time."""
     pyro.clear_param_store()
+    pyro.set_rng_seed(0)
     dtype = torch.get_default_dtype()
     yield
     torch.set_default_dtype(dtype)
