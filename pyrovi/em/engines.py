@@ -15,6 +15,7 @@ one on, and owns the loop, convergence, restarts and reporting;
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -25,6 +26,7 @@ from pyro.infer import TraceEnum_ELBO, config_enumerate
 from pyrovi._exact import empty_guide
 from pyrovi._model import ModelInfo
 from pyrovi.em.closed_form import ClosedFormModel
+from pyrovi.em.derived import propose, variants
 from pyrovi.em.estep import (
     check_quadratic,
     current_params,
@@ -34,8 +36,9 @@ from pyrovi.em.estep import (
     gaussian_expected_log_joint,
     latent_layout,
     make_log_joint,
+    q_of_trace,
 )
-from pyrovi.em.mstep import LBFGSMStep, maximize_q
+from pyrovi.em.mstep import LBFGSMStep, maximize_q, try_proposal
 from pyrovi.em.posterior import DiscretePosterior, GaussianPosterior, model_layout, particle_dim
 
 __all__ = [
@@ -203,8 +206,27 @@ class EnumEngine:
                                        estep.statistics)
 
     def maximization(self, estep: EStep) -> None:
-        maximize_q(lambda: self.expected_log_joint(estep), current_params(), scale=self.num_obs,
-                   settings=self.settings)
+        q_fn = functools.partial(self.expected_log_joint, estep)
+        if self.settings.derived and self._derived(estep, q_fn):
+            return
+        maximize_q(q_fn, current_params(), scale=self.num_obs, settings=self.settings)
+
+    def _derived(self, estep: EStep, q_fn: Callable) -> bool:
+        """Start the M-step from the closed-form updates of :mod:`pyrovi.em.derived`;
+        ``True`` when they are the whole M-step."""
+        with torch.no_grad():
+            trace = estep.statistics.trace
+            store = pyro.get_param_store()
+            params = {name: store[name].detach() for name in store.keys()}
+            proposals = propose(trace, estep.statistics.weights, params)
+            if not proposals:
+                return False
+            q = float(q_of_trace(trace, estep.statistics))
+        for proposal in variants(proposals):
+            done, q = try_proposal(q_fn, proposal, q, scale=self.num_obs)
+            if done:
+                return True
+        return False
 
     def posterior(self, estep: EStep) -> DiscretePosterior:
         """The exact posterior marginals at the current parameters (those of the last

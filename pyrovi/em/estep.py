@@ -58,8 +58,10 @@ from pyrovi.errors import FallbackWarning, ModelError, PyroviError
 __all__ = [
     "latent_kind",
     "EnumEStep",
+    "enum_trace",
     "enum_e_step",
     "enum_expected_log_joint",
+    "q_of_trace",
     "GaussianEStep",
     "gaussian_e_step",
     "gaussian_expected_log_joint",
@@ -125,7 +127,8 @@ def latent_kind(info: ModelInfo, model: Callable) -> str:
 # --------------------------------------------------------------------------- enumeration
 
 
-def _enum_trace(model: Callable, max_plate_nesting: int, args: tuple, kwargs: dict):
+def enum_trace(model: Callable, max_plate_nesting: int, args: tuple, kwargs: dict):
+    """The model's trace under parallel enumeration, log-densities computed and packed."""
     enum_model = poutine.enum(
         config_enumerate(model, "parallel"), first_available_dim=-1 - max_plate_nesting
     )
@@ -172,7 +175,7 @@ def _factors(trace, evidence: bool = False) -> tuple[list, list, set]:
         plate_dims |= ordinal
         if site["infer"].get("_enumerate_dim") is not None:
             if evidence and site["mask"] is not None:
-                log_prob = site["packed"]["unscaled_log_prob"]  # unmasked: _enum_trace
+                log_prob = site["packed"]["unscaled_log_prob"]  # unmasked: enum_trace
             enum_dims.update(log_prob._pyro_dims)
         factors.append((ordinal, log_prob))
         names.append(name)
@@ -190,16 +193,20 @@ class EnumEStep:
     weights : tuple of torch.Tensor
         Posterior marginal of every site factor of the enumerated trace (trace order),
         packed like the factor; ``1`` for factors that depend on no enumerated value.
+    trace : pyro.poutine.Trace or None
+        The enumerated trace at :math:`\\theta_t` (:func:`enum_trace`, computed without
+        gradients) that the weights belong to; the closed-form M-step reads its sites.
     """
 
     log_evidence: torch.Tensor
     weights: tuple
+    trace: object = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def enum_e_step(model: Callable, max_plate_nesting: int, args: tuple, kwargs: dict) -> EnumEStep:
     """Exact log evidence and factor marginals by enumeration, at the current parameters."""
     with torch.no_grad():
-        trace = _enum_trace(model, max_plate_nesting, args, kwargs)
+        trace = enum_trace(model, max_plate_nesting, args, kwargs)
     factors, _, sum_dims = _factors(trace, evidence=True)
     leaves, tree, const = [], OrderedDict(), 0.0
     with torch.enable_grad():
@@ -219,14 +226,19 @@ def enum_e_step(model: Callable, max_plate_nesting: int, args: tuple, kwargs: di
         torch.ones_like(leaf) if g is None else g.detach()
         for leaf, g in zip(leaves, grads, strict=True)
     )
-    return EnumEStep(log_evidence=log_z.detach(), weights=weights)
+    return EnumEStep(log_evidence=log_z.detach(), weights=weights, trace=trace)
 
 
 def enum_expected_log_joint(
     model: Callable, max_plate_nesting: int, args: tuple, kwargs: dict, estep: EnumEStep
 ) -> torch.Tensor:
     r""":math:`Q(\theta \mid \theta_t)` at the current parameters, differentiable in them."""
-    trace = _enum_trace(model, max_plate_nesting, args, kwargs)
+    return q_of_trace(enum_trace(model, max_plate_nesting, args, kwargs), estep)
+
+
+def q_of_trace(trace, estep: EnumEStep) -> torch.Tensor:
+    r""":math:`Q(\theta \mid \theta_t)` of an enumerated trace (:func:`enum_trace`) at
+    :math:`\theta`, with the weights of the E-step at :math:`\theta_t`."""
     factors, _, _ = _factors(trace)
     total = 0.0
     for (_, log_prob), w in zip(factors, estep.weights, strict=True):
