@@ -193,6 +193,36 @@ class _Chunk(Messenger):
         msg["mask"] = self.keep if msg["mask"] is None else msg["mask"] & self.keep
 
 
+def _subsampled_plate(model: Callable, args: tuple, kwargs: dict) -> tuple | None:
+    """``(trace, plate, full size, subsample size)`` of the one plate a model subsamples,
+    from one trace of it (the caller's RNG untouched); None when it subsamples none.
+
+    Raises
+    ------
+    ModelError
+        When more than one plate subsamples: the chunks of two plates do not factorize.
+    """
+    from pyrovi.errors import ModelError
+
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the caller's draws unchanged
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    sub = {
+        name: (site["fn"].size, site["fn"].subsample_size)
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site_is_subsample(site)
+    }
+    sub = {k: v for k, v in sub.items() if v[1] is not None and v[1] < v[0]}
+    if not sub:
+        return None
+    if len(sub) > 1:
+        raise ModelError(
+            f"the model subsamples {len(sub)} plates {sorted(sub)}; pyrovi covers the full "
+            "data of one subsampled plate only. Give all but one of them subsample_size=None."
+        )
+    (plate, (full, size)), = sub.items()
+    return trace, plate, full, size
+
+
 def full_data_runs(
     model: Callable, args: tuple, kwargs: dict, conditioned: tuple = ()
 ) -> list[tuple[Callable, float]] | None:
@@ -217,23 +247,10 @@ def full_data_runs(
     """
     from pyrovi.errors import ModelError
 
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the caller's draws unchanged
-        trace = poutine.trace(model).get_trace(*args, **kwargs)
-    sub = {
-        name: (site["fn"].size, site["fn"].subsample_size)
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and site_is_subsample(site)
-    }
-    sub = {k: v for k, v in sub.items() if v[1] is not None and v[1] < v[0]}
-    if not sub:
+    found = _subsampled_plate(model, args, kwargs)
+    if found is None:
         return None
-    if len(sub) > 1:
-        raise ModelError(
-            f"the model subsamples {len(sub)} plates {sorted(sub)}; its log joint over the "
-            "full data is computed for one subsampled plate only. Give all but one of them "
-            "subsample_size=None."
-        )
-    (plate, (full, size)), = sub.items()
+    trace, plate, full, size = found
     frames = {
         (f.vectorized, f.dim) for site in trace.nodes.values() if site["type"] == "sample"
         for f in site["cond_indep_stack"] if f.name == plate
@@ -368,22 +385,10 @@ def subsample_chunks(model: Callable, args: tuple, kwargs: dict) -> SubsampleChu
     """
     from pyrovi.errors import ModelError
 
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the caller's draws unchanged
-        trace = poutine.trace(model).get_trace(*args, **kwargs)
-    sub = {
-        name: (site["fn"].size, site["fn"].subsample_size)
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and site_is_subsample(site)
-    }
-    sub = {k: v for k, v in sub.items() if v[1] is not None and v[1] < v[0]}
-    if not sub:
+    found = _subsampled_plate(model, args, kwargs)
+    if found is None:
         return None
-    if len(sub) > 1:
-        raise ModelError(
-            f"the model subsamples {len(sub)} plates {sorted(sub)}; pyrovi covers the full "
-            "data of one subsampled plate only. Give all but one of them subsample_size=None."
-        )
-    (plate, (full, size)), = sub.items()
+    trace, plate, full, size = found
     axes = {}
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):

@@ -47,7 +47,6 @@ from pyrovi._runtime import (
     snapshot_store,
     store_params,
     traced_model,
-    warn,
 )
 from pyrovi.checkpoint import (
     DATA_KEY,
@@ -69,10 +68,10 @@ from pyrovi.em.engines import (
 from pyrovi.em.estep import latent_kind
 from pyrovi.em.mstep import LBFGSMStep
 from pyrovi.em.posterior import DiscretePosterior, GaussianPosterior
-from pyrovi.em.result import EMResult
+from pyrovi.em.result import EMResult, warn_not_converged
 from pyrovi.em.stream import FAMILY as STREAM_FAMILY
 from pyrovi.em.stream import OnlineEM, stream_em
-from pyrovi.errors import CheckpointError, ConvergenceWarning, ModelError, NonFiniteError
+from pyrovi.errors import CheckpointError, ModelError, NonFiniteError
 
 __all__ = ["EM"]
 
@@ -333,14 +332,9 @@ class EM:
                 break
         best = max(run.restarts, key=lambda r: r.log_evidence)
         if not best.converged and self.tol > 0 and not run.state.interrupted:
-            change = (best.trace[-1] - best.trace[-2]) / meta.num_obs if len(best.trace) > 1 \
-                else math.nan
-            warn(
-                f"EM did not converge: after num_steps={self.num_steps} iterations the log "
-                f"evidence per observation still changed by {change:.3g} (tol={self.tol:g}). "
-                "Increase num_steps, loosen tol, or try other initial values (num_inits).",
-                ConvergenceWarning,
-            )
+            warn_not_converged(best.trace, self.num_steps, meta.num_obs, self.tol,
+                               "Increase num_steps, loosen tol, or try other initial values "
+                               "(num_inits).")
         return self._result(best, run, run.restarts)
 
     def stream(self, chunks: Any, *, online: OnlineEM | None = None) -> EMResult:

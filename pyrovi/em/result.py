@@ -10,6 +10,7 @@ diagnostics and the ArviZ export need (the model, its arguments and its paramete
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -20,6 +21,7 @@ from pyrovi._draws import Draws, seeded_draws
 from pyrovi._result import FitResult
 from pyrovi._runtime import check_positive, warn
 from pyrovi.em.posterior import DiscretePosterior, GaussianPosterior
+from pyrovi.errors import ConvergenceWarning
 
 __all__ = ["EMResult", "DiscretePosterior", "GaussianPosterior"]
 
@@ -214,3 +216,15 @@ class EMResult(FitResult):
             values = self.sample(n)
         with torch.no_grad():
             return Draws(values, self.log_posterior(values))
+
+
+def warn_not_converged(trace, num_steps: int, num_obs: int, tol: float, remedy: str) -> None:
+    """The ``ConvergenceWarning`` of an EM run that used its ``num_steps`` before the log
+    evidence per observation changed by less than ``tol``; ``trace`` holds the log
+    evidence of each iteration."""
+    change = (trace[-1] - trace[-2]) / num_obs if len(trace) > 1 else math.nan
+    warn(
+        f"EM did not converge: after num_steps={num_steps} iterations the log evidence per "
+        f"observation still changed by {change:.3g} (tol={tol:g}). {remedy}",
+        ConvergenceWarning,
+    )

@@ -40,14 +40,13 @@ from pyrovi._runtime import (
     resolve_seed,
     snapshot_store,
     store_params,
-    warn,
 )
 from pyrovi.checkpoint import Checkpoint, check_compatible
 from pyrovi.em.closed_form import ClosedFormModel
 from pyrovi.em.engines import store_closed_form
-from pyrovi.em.result import EMResult
+from pyrovi.em.result import EMResult, warn_not_converged
 from pyrovi.em.source import Source, as_source
-from pyrovi.errors import CheckpointError, ConvergenceWarning, ModelError, NonFiniteError, RankError
+from pyrovi.errors import CheckpointError, ModelError, NonFiniteError, RankError
 
 if TYPE_CHECKING:
     from pyrovi.em.driver import EM
@@ -289,13 +288,8 @@ def _batch(em: EM, model: ClosedFormModel, run: _Stream) -> None:
                 write_checkpoint(run.state, save, at=f"iteration {run.n_iter}")
             raise
     if not run.converged and em.tol > 0 and not run.state.interrupted:
-        change = (run.trace[-1] - run.trace[-2]) / run.num_obs if len(run.trace) > 1 \
-            else math.nan
-        warn(
-            f"EM did not converge: after num_steps={em.num_steps} iterations the log "
-            f"evidence per observation still changed by {change:.3g} (tol={em.tol:g}). "
-            "Increase num_steps or loosen tol.", ConvergenceWarning,
-        )
+        warn_not_converged(run.trace, em.num_steps, run.num_obs, em.tol,
+                           "Increase num_steps or loosen tol.")
 
 
 def _iteration(model: ClosedFormModel, run: _Stream, it: int, progress: bool):
