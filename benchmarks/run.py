@@ -3,7 +3,8 @@
     python benchmarks/run.py [--quick] [--out bench-results.json]
 
 Each benchmark compares pyrovi with a peer in the same process (Pyro's SVI and NumPyro for
-VI, scikit-learn for mixture EM, Pyro's vectorized importance weights for the diagnostics),
+VI, scikit-learn for mixture EM, Pyro's ``TraceEnum_ELBO`` step for EM on a user's HMM, Pyro's
+vectorized importance weights for the diagnostics),
 pins and prints its thread count, excludes warm-up and reports medians and ratios.  The
 time-to-an-answer table (``bench_time_to_answer.py``: the default ``pyrovi.VI``, i.e. DADVI, against
 ``method="sgd"``, Pyro and NumPyro) is printed, not written to the JSON.
@@ -19,6 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_em  # noqa: E402
+import bench_em_models  # noqa: E402
 import bench_time_to_answer  # noqa: E402
 import bench_vi  # noqa: E402
 import bench_weights  # noqa: E402
@@ -38,6 +40,12 @@ def main(argv=None) -> None:
         repeats=1 if opts.quick else 3,
     )
     bench_em._print(report["em"])
+    print("== EM on models as users write them: derived M-step vs L-BFGS", flush=True)
+    report["em_models"] = bench_em_models.run(
+        iters=5 if opts.quick else 10, repeats=1 if opts.quick else 3,
+        cap=60 if opts.quick else 300,
+    )
+    bench_em_models._print(report["em_models"])
     print("== importance-weight throughput", flush=True)
     report["weights"] = bench_weights.run(particles=1_000 if opts.quick else 10_000)
     print(json.dumps(report["weights"], indent=1, default=str))
