@@ -31,7 +31,7 @@ from pyrovi.em.estep import (
     check_quadratic,
     current_params,
     enum_e_step,
-    enum_expected_log_joint,
+    enum_trace,
     gaussian_e_step,
     gaussian_expected_log_joint,
     latent_layout,
@@ -194,16 +194,27 @@ class EnumEngine:
         self.model, self.args, self.kwargs = model, args, kwargs
         self.max_plate_nesting = info.max_plate_nesting
         self.num_obs, self.settings = num_obs, settings
+        # the enumerated trace of the last Q evaluation and the parameter versions it was
+        # taken at: when the M-step ends there, the next E-step starts from it (one model
+        # trace per iteration fewer)
+        self._last: tuple | None = None
+
+    @staticmethod
+    def _versions() -> tuple:
+        return tuple((id(p), p._version) for p in current_params())
 
     def expectation(self) -> EStep:
-        estep = enum_e_step(self.model, self.max_plate_nesting, self.args, self.kwargs)
+        last, self._last = self._last, None
+        trace = last[0] if last is not None and last[1] == self._versions() else None
+        estep = enum_e_step(self.model, self.max_plate_nesting, self.args, self.kwargs, trace)
         return EStep(log_evidence=float(estep.log_evidence), statistics=estep)
 
     def expected_log_joint(self, estep: EStep) -> torch.Tensor:
         """``Q(theta | theta_t)`` at the current parameters (``theta_t``: that of ``estep``,
         default the last :meth:`e_step`)."""
-        return enum_expected_log_joint(self.model, self.max_plate_nesting, self.args, self.kwargs,
-                                       estep.statistics)
+        trace = enum_trace(self.model, self.max_plate_nesting, self.args, self.kwargs)
+        self._last = (trace, self._versions())
+        return q_of_trace(trace, estep.statistics)
 
     def maximization(self, estep: EStep) -> None:
         q_fn = functools.partial(self.expected_log_joint, estep)

@@ -203,10 +203,14 @@ class EnumEStep:
     trace: object = dataclasses.field(default=None, repr=False, compare=False)
 
 
-def enum_e_step(model: Callable, max_plate_nesting: int, args: tuple, kwargs: dict) -> EnumEStep:
-    """Exact log evidence and factor marginals by enumeration, at the current parameters."""
-    with torch.no_grad():
-        trace = enum_trace(model, max_plate_nesting, args, kwargs)
+def enum_e_step(
+    model: Callable, max_plate_nesting: int, args: tuple, kwargs: dict, trace=None
+) -> EnumEStep:
+    """Exact log evidence and factor marginals by enumeration, at the current parameters
+    (from ``trace``, their :func:`enum_trace`, when the caller has it already)."""
+    if trace is None:
+        with torch.no_grad():
+            trace = enum_trace(model, max_plate_nesting, args, kwargs)
     factors, _, sum_dims = _factors(trace, evidence=True)
     leaves, tree, const = [], OrderedDict(), 0.0
     with torch.enable_grad():
