@@ -169,7 +169,8 @@ def _lbfgs_rounds(fam, log_density, eps, dim, dtype, theta, tol, max_iters, hist
         ref = fam.unpack_coords(theta, dim)
         f = neg_objective_relative(fam, log_density, eps, dim, dtype, ref)
         z0 = torch.zeros(fam.num_coords(dim), dtype=theta.dtype, device=theta.device)
-        run = lbfgs(f, z0, tol, max(max_iters - iters, 0), history, on_iter=on_iter)
+        run = lbfgs(f, z0, tol, max(max_iters - iters, 0), history, ftol=1e-7, ftol_window=10,
+                    on_iter=on_iter)
         iters += run.iters
         trace += run.trace
         theta = fam.pack_coords(fam.relative_coords(run.theta, ref, dim)).detach()
