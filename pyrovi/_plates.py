@@ -193,6 +193,19 @@ class _Chunk(Messenger):
         msg["mask"] = self.keep if msg["mask"] is None else msg["mask"] & self.keep
 
 
+def _subsampled_plates(model: Callable, args: tuple, kwargs: dict) -> tuple:
+    """``(trace, {plate: (full size, subsample size)})``: one trace of the model (the
+    caller's RNG untouched) and every plate it subsamples."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the caller's draws unchanged
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    sub = {
+        name: (site["fn"].size, site["fn"].subsample_size)
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site_is_subsample(site)
+    }
+    return trace, {k: v for k, v in sub.items() if v[1] is not None and v[1] < v[0]}
+
+
 def _subsampled_plate(model: Callable, args: tuple, kwargs: dict) -> tuple | None:
     """``(trace, plate, full size, subsample size)`` of the one plate a model subsamples,
     from one trace of it (the caller's RNG untouched); None when it subsamples none.
@@ -204,14 +217,7 @@ def _subsampled_plate(model: Callable, args: tuple, kwargs: dict) -> tuple | Non
     """
     from pyrovi.errors import ModelError
 
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the caller's draws unchanged
-        trace = poutine.trace(model).get_trace(*args, **kwargs)
-    sub = {
-        name: (site["fn"].size, site["fn"].subsample_size)
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and site_is_subsample(site)
-    }
-    sub = {k: v for k, v in sub.items() if v[1] is not None and v[1] < v[0]}
+    trace, sub = _subsampled_plates(model, args, kwargs)
     if not sub:
         return None
     if len(sub) > 1:
@@ -310,14 +316,7 @@ def first_chunk_model(
     """
     from pyrovi.errors import ModelError
 
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the caller's draws unchanged
-        trace = poutine.trace(model).get_trace(*args, **kwargs)
-    sub = {
-        name: (site["fn"].size, site["fn"].subsample_size)
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and site_is_subsample(site)
-    }
-    sub = {k: v for k, v in sub.items() if v[1] is not None and v[1] < v[0]}
+    trace, sub = _subsampled_plates(model, args, kwargs)
     frames = {
         f.name: f.dim for k in sites if k in trace.nodes
         for f in trace.nodes[k]["cond_indep_stack"] if f.name in sub and f.vectorized
