@@ -5,7 +5,7 @@ Private to :class:`pyrovi.VI`, which sets it up.  Where it applies (``method="au
 ``"dadvi"``), the fit is deterministic ADVI (:mod:`pyrovi.fast.dadvi`) on the compiled
 path's traced log density; otherwise, and with ``method="sgd"``, stochastic-gradient VI on
 one of two backends that return the same :class:`~pyrovi._steps.Outcome`: Pyro's SVI loop
-(here, with checkpoints) and the compiled path (:mod:`pyrovi.fast`).  What an interruption,
+(:mod:`pyrovi.vi.svi_loop`, with checkpoints) and the compiled path (:mod:`pyrovi.fast`).  What an interruption,
 a non-finite stop or a failing model means for the caller -- warnings, errors carrying the
 partial result, checkpoints -- is the shared run policy of :mod:`pyrovi._run`.
 
@@ -22,12 +22,10 @@ stochastic-gradient loop's is.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from collections.abc import Callable
 
 import numpy as np
-import pyro
 import pyro.poutine as poutine
 import torch
 
@@ -38,31 +36,27 @@ from pyrovi._model import ModelInfo
 from pyrovi._progress import Progress, format_count, format_estimate
 from pyrovi._run import (
     RunState,
-    guard,
     keep_result,
-    load_params,
-    load_rng,
     warn_interrupted,
-    write_checkpoint,
 )
 from pyrovi._runtime import snapshot_store, store_params, warn
 from pyrovi._steps import (
     NonFinite,
     Outcome,
-    PlateauState,
     Settings,
     nonfinite_site,
     window_mean,
 )
-from pyrovi.checkpoint import Checkpoint, fingerprint
+from pyrovi.checkpoint import Checkpoint
 from pyrovi.errors import ConvergenceWarning, ModelError, NonFiniteError
 from pyrovi.families import REGISTRY, QParams
 from pyrovi.fast import dadvi
 from pyrovi.vi.minibatch import Batches, pass_elbo, subsample_fraction
-from pyrovi.vi.objective import estimate_elbo, make_elbo
+from pyrovi.vi.objective import estimate_elbo
 from pyrovi.vi.result import VIResult
+from pyrovi.vi.svi_loop import train_svi
 
-__all__ = ["Fit", "make_optimizer", "DADVI_FAMILIES", "DADVI_MAX_FULLRANK_DIM"]
+__all__ = ["Fit", "DADVI_FAMILIES", "DADVI_MAX_FULLRANK_DIM"]
 
 #: The families DADVI fits.
 DADVI_FAMILIES = tuple(name for name, family in REGISTRY.items() if family.dadvi)
@@ -71,33 +65,6 @@ DADVI_FAMILIES = tuple(name for name, family in REGISTRY.items() if family.dadvi
 #: stochastic-gradient VI: DADVI's fullrank needs M = 2 D fixed draws and O(D^2) parameters,
 #: so each of its iterations grows as D^3.
 DADVI_MAX_FULLRANK_DIM = 200
-
-
-def make_optimizer(optim, params: list, lr: float) -> torch.optim.Optimizer:
-    """A torch optimizer over ``params`` from the ``optim`` argument of :class:`pyrovi.VI`."""
-    if optim is None:
-        return torch.optim.Adam(params, lr=lr)
-    if inspect.isclass(optim) and issubclass(optim, torch.optim.Optimizer):
-        return optim(params, lr=lr)
-    if isinstance(optim, pyro.optim.PyroOptim):
-        kwargs = dict(optim.pt_optim_args) if isinstance(optim.pt_optim_args, dict) else {}
-        kwargs.setdefault("lr", lr)
-        return optim.pt_optim_constructor(params, **kwargs)
-    return optim(params)
-
-
-@dataclasses.dataclass
-class _LoopState:
-    """What the SVI loop carries from step to step (and a checkpoint restores)."""
-
-    trace: list
-    plateau: PlateauState
-    optimizer: torch.optim.Optimizer | None = None
-    base_lrs: list = dataclasses.field(default_factory=list)
-    known: list = dataclasses.field(default_factory=list)
-    skipped: int = 0
-    consecutive: int = 0
-    first_bad: int | None = None
 
 
 @dataclasses.dataclass
@@ -460,7 +427,7 @@ class Fit:
         if self.batches is not None:  # options were checked by VI.run
             self.run.notes.append(
                 "minibatch VI: each step on the next batch of batches= (Pyro's SVI)")
-            outcome = self._train_svi(settings)
+            outcome = train_svi(self, settings)
             if len(outcome.trace) >= vi.window and vi.tol > 0:
                 # say how fine the rule could judge: the se the rule saw in the last window
                 per_pass = self.batches.steps_per_pass
@@ -483,7 +450,7 @@ class Fit:
                 )
             self.run.notes.append(
                 f"data-parallel VI on {distributed.world_size()} ranks (pyrovi.distributed)")
-            return self._finish(self._train_svi(settings), "svi")
+            return self._finish(train_svi(self, settings), "svi")
         if vi.method != "sgd":
             result = self._dadvi(settings)
             if result is not None:
@@ -501,7 +468,7 @@ class Fit:
             self._sgd_stage("compiled")
             backend, outcome = "compiled", fast.train(plan, settings, self.display)
         else:
-            backend, outcome = "svi", self._train_svi(settings)
+            backend, outcome = "svi", train_svi(self, settings)
         return self._finish(outcome, backend)
 
     def _finish(
@@ -603,183 +570,3 @@ class Fit:
                 num_skipped=outcome.num_skipped,
             ),
         )
-
-    # ------------------------------------------------------------------- SVI backend
-    def _restore(self, ckpt: Checkpoint, state: _LoopState) -> int:
-        """Load a checkpoint in the order that makes the continuation exact: the guide is
-        set up first (creating its parameters), the saved values are then copied into those
-        very tensors, then the optimizer state, and the random state last."""
-        with torch.no_grad():
-            poutine.trace(self.guide).get_trace(*self.args, **self.kwargs)
-        load_params(ckpt.param_state["params"], owner="guide")
-        store = pyro.get_param_store()
-        state.trace = list(ckpt.trace)
-        state.plateau = PlateauState(**ckpt.schedule["plateau"])
-        state.base_lrs = list(ckpt.schedule["base_lrs"])
-        if ckpt.optim_state is not None:
-            state.known = [store[name].unconstrained() for name in ckpt.optim_param_names]
-            state.optimizer = make_optimizer(self.vi.optim, state.known, self.vi.lr)
-            state.optimizer.load_state_dict(ckpt.optim_state)
-        load_rng(ckpt, self.run.device)
-        state.skipped = ckpt.schedule.get("skipped", 0)
-        return ckpt.step
-
-    def _checkpoint(self, state: _LoopState, step: int) -> Checkpoint:
-        """The checkpoint after ``step`` completed steps."""
-        vi, device = self.vi, self.run.device
-        store = pyro.get_param_store()
-        return Checkpoint(
-            kind="vi",
-            config=dict(vi.config, seed=self.run.seed),
-            family=vi.guide_spec.name,
-            fingerprint=fingerprint(self.info.trace),
-            step=step,
-            trace=list(state.trace),
-            param_state=snapshot_store(),
-            optim_state=state.optimizer.state_dict() if state.optimizer else None,
-            optim_param_names=[store.param_name(p) for p in state.known],
-            schedule={
-                "plateau": dataclasses.asdict(state.plateau),
-                "base_lrs": list(state.base_lrs),
-                "skipped": state.skipped,
-            },
-            rng_state=torch.get_rng_state(),
-            cuda_rng_state=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        )
-
-    def _train_svi(self, settings: Settings) -> Outcome:
-        """The training loop on Pyro's ELBO, with checkpoints; the SVI backend."""
-        vi, run = self.vi, self.run
-        elbo_fn = make_elbo(
-            settings.num_particles,
-            vectorize=self.vectorize,
-            max_plate_nesting=self.info.max_plate_nesting,
-            enumerate=bool(self.enumerated),
-        )
-        if distributed.is_distributed():  # the loss and gradients of every rank's data
-            elbo_fn = distributed.DataParallelELBO(elbo_fn)
-        lead = distributed.rank() == 0  # the rank that writes checkpoints and shows progress
-        state = _LoopState(trace=[], plateau=PlateauState())
-        first = self._restore(self.resume_from, state) if self.resume_from else 0
-        run.mark_rng()  # the random state of the completed steps, for checkpoints
-        known = set(state.known)
-        max_norm = settings.clip_norm if settings.clip_norm is not None else math.inf
-        window = settings.window
-        pass_len = None  # minibatch VI: steps per pass, when windows hold whole passes
-        if self.batches is not None:
-            per_pass = self.batches.steps_per_pass
-            if per_pass and window % per_pass == 0 and window // per_pass >= 2:
-                pass_len = per_pass
-            else:
-                run.notes.append(
-                    f"minibatch VI: window={window} is not a whole number (>= 2) of passes "
-                    f"over batches= ({per_pass or 'unknown'} batches each), so the "
-                    "convergence rule's standard error counts the batch-to-batch spread"
-                )
-        self._sgd_stage("svi", first)
-        nonfinite: NonFinite | None = None
-
-        def save() -> Checkpoint:  # after the completed steps (trace entry k is step k's)
-            return self._checkpoint(state, len(state.trace))
-
-        policy = guard(
-            run,
-            unit="step",
-            done=lambda: len(state.trace),
-            partial=lambda: self._result(state.trace, False, False, num_skipped=state.skipped),
-            save=save if lead else None,
-            who="the model or guide",
-            trace="ELBO trace",
-        )
-        try:
-            with policy:
-                for step in range(first, settings.num_steps):
-                    args, kwargs = (
-                        self.batches.next() if self.batches else (self.args, self.kwargs))
-                    with poutine.trace(param_only=True) as capture:
-                        try:
-                            loss = elbo_fn.loss_and_grads(
-                                self.model, self.guide, *args, **kwargs
-                            )
-                        except ValueError as err:
-                            # Pyro's validation refuses a NaN distribution parameter: a
-                            # non-finite step, skipped like any other
-                            if not _is_validation_error(err):
-                                raise
-                            loss = math.nan
-                    params = [s["value"].unconstrained() for s in capture.trace.nodes.values()]
-                    new = [p for p in params if p not in known]
-                    if new:
-                        known.update(new)
-                        state.known.extend(new)
-                        if state.optimizer is None:
-                            state.optimizer = make_optimizer(vi.optim, new, settings.lr)
-                            state.base_lrs = [g["lr"] for g in state.optimizer.param_groups]
-                        else:
-                            state.optimizer.add_param_group({"params": new})
-                            state.base_lrs.append(state.optimizer.param_groups[-1]["lr"])
-                    if state.optimizer is None:  # the guide has no parameter: nothing to fit
-                        run.notes.append("the guide has no parameters; nothing was optimized")
-                        state.trace.append(-loss)
-                        state.plateau = PlateauState(converged=True)
-                        break
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-                    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                        nonfinite = self._skip(state, step, loss, settings.max_skips)
-                        if nonfinite is not None:
-                            break
-                        state.trace.append(float("nan"))
-                    else:
-                        state.optimizer.step()
-                        state.consecutive, state.first_bad = 0, None
-                        state.trace.append(-loss)
-                    state.optimizer.zero_grad(set_to_none=True)
-                    run.mark_rng()
-                    self.display.advance(1)  # the loss is a host float already
-                    if (step + 1) % window == 0:
-                        mean = window_mean(state.trace[-window:], pass_len)
-                        state.plateau = settings.rule.update(state.plateau, mean)
-                        for group, base in zip(state.optimizer.param_groups, state.base_lrs):
-                            group["lr"] = base * state.plateau.lr_scale
-                        self.display.window(mean, mean.se, state.plateau, settings.rule,
-                                            settings.lr * state.plateau.lr_scale)
-                    if lead and vi.checkpoint is not None and (
-                        step + 1) % vi.checkpoint_every == 0:
-                        write_checkpoint(run, save, at=f"step {step + 1}")
-                    if state.plateau.converged:
-                        break
-        finally:
-            self.display.close()
-        trace = state.trace if nonfinite is None else state.trace[: nonfinite.step]
-        return Outcome(
-            trace=tuple(trace),
-            converged=state.plateau.converged,
-            interrupted=run.interrupted,
-            num_skipped=state.skipped,
-            nonfinite=nonfinite,
-        )
-
-    @staticmethod
-    def _skip(state: _LoopState, step: int, loss: float, max_skips: int) -> NonFinite | None:
-        """Count a skipped non-finite step; past ``max_skips`` in a row, why to stop."""
-        state.skipped += 1
-        state.consecutive += 1
-        if state.first_bad is None:
-            state.first_bad = step
-        if state.consecutive <= max_skips:
-            return None
-        return NonFinite(
-            step=state.first_bad,
-            streak=state.consecutive,
-            max_skips=max_skips,
-            quantity="ELBO" if not math.isfinite(loss) else "gradient",
-        )
-
-
-def _is_validation_error(err: ValueError) -> bool:
-    """Whether ``err`` is Pyro's (torch's) distribution argument validation refusing a
-    non-finite parameter or value, rather than a bug in the model."""
-    text = str(err)
-    return ("Expected parameter" in text or "Expected value argument" in text) and (
-        "nan" in text.lower() or "inf" in text.lower()
-    )
