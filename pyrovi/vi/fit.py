@@ -5,9 +5,10 @@ Private to :class:`pyrovi.VI`, which sets it up.  Where it applies (``method="au
 ``"dadvi"``), the fit is deterministic ADVI (:mod:`pyrovi.fast.dadvi`) on the compiled
 path's traced log density; otherwise, and with ``method="sgd"``, stochastic-gradient VI on
 one of two backends that return the same :class:`~pyrovi._steps.Outcome`: Pyro's SVI loop
-(:mod:`pyrovi.vi.svi_loop`, with checkpoints) and the compiled path (:mod:`pyrovi.fast`).  What an interruption,
-a non-finite stop or a failing model means for the caller -- warnings, errors carrying the
-partial result, checkpoints -- is the shared run policy of :mod:`pyrovi._run`.
+(:mod:`pyrovi.vi.svi_loop`, with checkpoints) and the compiled path (:mod:`pyrovi.fast`).
+What an interruption, a non-finite stop or a failing model means for the caller --
+warnings, errors carrying the partial result, checkpoints -- is the shared run policy of
+:mod:`pyrovi._run`.
 
 DADVI's failures lose nothing: a start where the fixed-draw ELBO is not finite falls back
 (``"auto"``) to stochastic-gradient VI from the same start, which skips or raises as it
