@@ -27,7 +27,9 @@ site's factor (the gradient of :math:`\log Z` with respect to it, see
 :mod:`pyrovi.em.estep`) times the site's scale and mask.
 
 A parameter is *matched* when a site's parameter tensor, with its broadcast dimensions
-removed, equals it in shape and value.  A match is a proposal, never
+removed, equals it, or one slice of it (``probs_x[0]``), in shape and value, its dimensions
+possibly in another order (``Vindex(probs_x)[x_prev, x_curr]``, whose enumerated
+dimensions lie right to left).  A match is a proposal, never
 trusted on its own: :mod:`pyrovi.em.mstep` keeps it only when it raises
 :math:`Q(\theta \mid \theta_t)`, and accepts it as the M-step only when every parameter was
 matched and the gradient of :math:`Q` vanishes there (the stationarity condition of the
@@ -37,6 +39,9 @@ shared by two sites) therefore gets the generic M-step, never a wrong one.
 """
 
 from __future__ import annotations
+
+import itertools
+import math
 
 import torch
 from pyro.distributions import (
@@ -50,6 +55,9 @@ from pyro.distributions import (
 from pyro.ops.packed import unpack
 
 __all__ = ["propose", "variants"]
+
+#: The most places (index prefixes) of one parameter that a site's tensor is compared with.
+_MAX_PLACES = 256
 
 
 def _align(t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -215,16 +223,62 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(((a - b).abs() <= 1e-5 * scale).all())
 
 
-def _match(params: dict, current: torch.Tensor) -> list[tuple[str, int | None]]:
-    """The parameters that ``current`` is, as ``(name, None)``, or one row of, as
-    ``(name, i)`` (``probs_x[0]``: the first step of a Markov chain)."""
-    found = [(name, None) for name, value in params.items() if _same(current, value)]
+def _orders(ndim: int) -> list[tuple]:
+    """Orders of ``ndim`` dims with the last (the event dim) kept last; the identity first."""
+    if ndim == 0:
+        return [()]
+    return [p + (ndim - 1,) for p in itertools.permutations(range(ndim - 1))]
+
+
+def _locate(value: torch.Tensor, current: torch.Tensor) -> tuple | None:
+    """``(index, order)`` such that ``value[index]`` is ``current`` (size-1 dims dropped)
+    with its dims in ``order``, or None when there is no such place or more than one.
+
+    ``index`` is ``()`` for the whole parameter, ``(i,)`` for ``probs_x[i]`` (the first
+    step of a Markov chain), ``(i, j)`` deeper; the order is not the identity where the
+    enumerated dims of ``Vindex(probs_x)[x_prev, x_curr]`` lie right to left.  The whole
+    parameter and the identity order are tried first.
+    """
+    c = current.squeeze()
+    for depth in range(max(value.dim(), 1)):
+        if math.prod(value.shape[:depth]) > _MAX_PLACES:
+            break
+        if value[(0,) * depth].squeeze().dim() != c.dim():
+            continue
+        hits = []
+        for index in itertools.product(*(range(n) for n in value.shape[:depth])):
+            sub = value[index].squeeze()
+            for order in _orders(c.dim()):
+                if tuple(c.shape[d] for d in order) == tuple(sub.shape) and _same(
+                    c.permute(order), sub
+                ):
+                    hits.append((index, order))
+                    break
+        if hits:
+            return hits[0] if len(hits) == 1 else None
+    return None
+
+
+def _match(params: dict, current: torch.Tensor) -> list[tuple[str, tuple]]:
+    """``(name, (index, order))`` of each parameter that ``current`` is a place of
+    (:func:`_locate`)."""
+    found = []
     for name, value in params.items():
-        if value.dim() >= 2 and not any(n == name for n, _ in found):
-            rows = [i for i in range(value.shape[0]) if _same(current, value[i])]
-            if len(rows) == 1:
-                found.append((name, rows[0]))
+        place = _locate(value, current)
+        if place is not None:
+            found.append((name, place))
     return found
+
+
+def _to_place(t: torch.Tensor, order: tuple, shape) -> torch.Tensor:
+    """A site-layout tensor ``t`` in the parameter's layout at a place (``shape``)."""
+    return t.squeeze().permute(order).reshape(shape)
+
+
+def _from_place(t: torch.Tensor, order: tuple, shape) -> torch.Tensor:
+    """The inverse of :func:`_to_place`: a parameter slice back in the site's layout."""
+    inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
+    return t.squeeze().permute(inverse).reshape(shape)
 
 
 def propose(trace, weights: tuple, params: dict[str, torch.Tensor]) -> dict[str, list]:
@@ -261,16 +315,15 @@ def propose(trace, weights: tuple, params: dict[str, torch.Tensor]) -> dict[str,
     def pool(stats):
         for current, num, den, reading in stats:
             den = den.expand_as(num)
-            for name, row in _match(params, current):
+            for name, (index, order) in _match(params, current):
                 value = params[name]
                 acc = pooled.setdefault((name, reading), [torch.zeros_like(value),
                                                           torch.zeros_like(value)])
-                part = ... if row is None else row
-                target = acc[0][part]
-                if num.numel() != target.numel():
+                shape = acc[0][index].shape
+                if num.numel() != math.prod(shape) or num.squeeze().dim() != len(order):
                     continue
-                acc[0][part] += num.reshape(target.shape)
-                acc[1][part] += den.reshape(target.shape)
+                acc[0][index] += _to_place(num, order, shape)
+                acc[1][index] += _to_place(den, order, shape)
 
     with torch.no_grad():
         for fn, value, w in sites:
@@ -286,9 +339,8 @@ def propose(trace, weights: tuple, params: dict[str, torch.Tensor]) -> dict[str,
                 loc = _compact(fn.loc, fn.loc.dim())
                 names = _match(params, loc)
                 if len(names) == 1 and locations.get((names[0][0], "ratio")) is not None:
-                    name, row = names[0]
-                    new = locations[(name, "ratio")]
-                    loc = (new if row is None else new[row]).reshape(loc.shape)
+                    name, (index, order) = names[0]
+                    loc = _from_place(locations[(name, "ratio")][index], order, loc.shape)
                 pool(_second_order(fn, value, w, loc))
             except (RuntimeError, ValueError, IndexError):
                 continue

@@ -207,3 +207,23 @@ def test_a_proposal_that_lowers_q_is_undone():
     done, q = try_proposal(q_fn, {"loc": torch.tensor(3.0)}, 0.0)
     assert (done, q) == (False, 0.0)
     assert pyro.param("loc").item() == 1.0 and loc is not None
+
+
+def test_pyro_hmm_model_6_as_written_takes_the_derived_steps(monkeypatch):
+    # examples/hmm.py model_6: a second-order chain, Vindex(probs_x)[x_prev, x_curr], whose
+    # enumerated dims lie right to left, and probs_x[0, 0], probs_x[0, x_0] at the first
+    # two steps; every use is located in probs_x, and the statistics pooled over them are
+    # the whole M-step
+    from tests.gallery import models as m
+    from tests.gallery.test_gallery import HMM_LENGTHS, HMM_SEQS
+
+    seqs = HMM_SEQS.to(torch.get_default_dtype())  # imported under either default dtype
+    calls = _count_lbfgs(monkeypatch)
+    res = EM(m.hmm_model_6, num_steps=60, seed=0, progress=False).run(
+        seqs, HMM_LENGTHS, m.HMM6_ARGS)
+    assert calls == []
+    assert res.converged
+    assert np.all(np.diff(np.append(res.log_evidence_trace, res.log_evidence)) >= -1e-4)
+    exact = m.hmm6_loglik_bruteforce(res.params["probs_x"], res.params["probs_y"],
+                                     seqs, HMM_LENGTHS)
+    assert res.log_evidence == pytest.approx(exact, abs=1e-4)
