@@ -40,6 +40,7 @@ shared by two sites) therefore gets the generic M-step, never a wrong one.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -54,7 +55,7 @@ from pyro.distributions import (
 )
 from pyro.ops.packed import unpack
 
-__all__ = ["propose", "variants"]
+__all__ = ["Update", "propose", "variants", "signature"]
 
 #: The most places (index prefixes) of one parameter that a site's tensor is compared with.
 _MAX_PLACES = 256
@@ -62,6 +63,8 @@ _MAX_PLACES = 256
 
 def _align(t: torch.Tensor, ndim: int) -> torch.Tensor:
     """``t`` with size-1 dimensions prepended up to ``ndim`` dimensions."""
+    if t.dim() == ndim:
+        return t
     return t.reshape((1,) * (ndim - t.dim()) + tuple(t.shape))
 
 
@@ -87,7 +90,7 @@ def _site_weights(site: dict, weight: torch.Tensor, symbol_to_dim: dict) -> torc
     """The E-step weight of one site's factor, unpacked to the site's batch layout and
     multiplied by the site's scale and mask."""
     packed = site["packed"]["log_prob"]
-    w = weight.detach().clone()
+    w = weight.detach()  # a new tensor object: the E-step's keeps its own _pyro_dims
     w._pyro_dims = packed._pyro_dims
     w = unpack(w, symbol_to_dim)
     if site["mask"] is not None:
@@ -184,9 +187,10 @@ def _second_order(fn, value, w, loc) -> list:
         scatter = _sum(w[..., None, None] * (r.unsqueeze(-1) * r.unsqueeze(-2)), dims)
         den = _sum(w, dims)[..., None, None]
         t = _compact(tril, n + 2)
-        cov = t @ t.transpose(-1, -2)
-        return [(t, scatter, den, "cholesky"), (cov, scatter, den, "covariance"),
-                (torch.cholesky_inverse(t), scatter, den, "precision")]
+        # the covariance and precision readings are formed only when looked for
+        return [(t, scatter, den, "cholesky"),
+                (lambda: t @ t.transpose(-1, -2), scatter, den, "covariance"),
+                (lambda: torch.cholesky_inverse(t), scatter, den, "precision")]
     return []
 
 
@@ -219,6 +223,8 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     a, b = a.squeeze(), b.squeeze()
     if a.shape != b.shape:
         return False
+    if torch.equal(a, b):  # locs[z], tril[z]: the parameter itself, bit for bit
+        return True
     scale = max(float(b.abs().max()), 1.0) if b.numel() else 1.0
     return bool(((a - b).abs() <= 1e-5 * scale).all())
 
@@ -259,20 +265,52 @@ def _locate(value: torch.Tensor, current: torch.Tensor) -> tuple | None:
     return None
 
 
-def _match(params: dict, current: torch.Tensor) -> list[tuple[str, tuple]]:
-    """``(name, (index, order))`` of each parameter that ``current`` is a place of
-    (:func:`_locate`)."""
+def _match(params: dict, current, key=None, places: dict | None = None
+           ) -> list[tuple[str, tuple]]:
+    """``(name, (index, order))`` of each parameter that ``current`` (a tensor, or a
+    function that forms it) is a place of (:func:`_locate`).
+
+    With a ``places`` cache, the places found for ``key`` (a site and a reading) before are
+    checked first, one comparison each, and searched for again only when one no longer
+    holds: a site uses its parameters at the same places from one iteration to the next.
+    A reading that matched nothing before is not looked for again while the cache lasts
+    (the caller clears it at every gradient test).
+    """
+    if places is not None and key in places:
+        cached = places[key]
+        if not cached:
+            return cached
+        current = current() if callable(current) else current
+        if all(_at(params[name], index, order, current) for name, (index, order) in cached):
+            return cached
+    current = current() if callable(current) else current
     found = []
     for name, value in params.items():
         place = _locate(value, current)
         if place is not None:
             found.append((name, place))
+    if places is not None:
+        places[key] = found
     return found
+
+
+def _at(value: torch.Tensor, index: tuple, order: tuple, current: torch.Tensor) -> bool:
+    """Whether ``value[index]`` is ``current`` with its dims in ``order`` (:func:`_locate`)."""
+    c, sub = current.squeeze(), value[index].squeeze()
+    return (c.dim() == len(order) and tuple(c.shape[d] for d in order) == tuple(sub.shape)
+            and _same(c.permute(order), sub))
 
 
 def _to_place(t: torch.Tensor, order: tuple, shape) -> torch.Tensor:
     """A site-layout tensor ``t`` in the parameter's layout at a place (``shape``)."""
     return t.squeeze().permute(order).reshape(shape)
+
+
+def _to_place_fast(t, index, order, shape):
+    """:func:`_to_place`, skipping the reshuffle for the whole parameter in its own order."""
+    if not index and order == tuple(range(len(order))) and t.numel() == math.prod(shape):
+        return t.reshape(shape)
+    return _to_place(t, order, shape)
 
 
 def _from_place(t: torch.Tensor, order: tuple, shape) -> torch.Tensor:
@@ -281,7 +319,29 @@ def _from_place(t: torch.Tensor, order: tuple, shape) -> torch.Tensor:
     return t.squeeze().permute(inverse).reshape(shape)
 
 
-def propose(trace, weights: tuple, params: dict[str, torch.Tensor]) -> dict[str, list]:
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """One closed-form update of one parameter.
+
+    Attributes
+    ----------
+    value : torch.Tensor
+        The proposed constrained value.
+    reading : str
+        How the pooled statistics became the value (``"probs"``, ``"ratio"``,
+        ``"cholesky"``, ...).
+    uses : frozenset
+        ``(site, index, order)`` of every site use whose statistics were pooled: with the
+        reading, what the update was derived from (:func:`signature`).
+    """
+
+    value: torch.Tensor
+    reading: str
+    uses: frozenset
+
+
+def propose(trace, weights: tuple, params: dict[str, torch.Tensor],
+            places: dict | None = None) -> dict[str, list[Update]]:
     """Closed-form M-step proposals for the parameters the model uses in a standard way.
 
     Parameters
@@ -294,67 +354,92 @@ def propose(trace, weights: tuple, params: dict[str, torch.Tensor]) -> dict[str,
         order of sample sites.
     params : dict
         Constrained current values of the parameters, by name.
+    places : dict, optional
+        A cache of where each site uses the parameters, kept by the caller from one
+        iteration to the next (see :func:`_match`).
 
     Returns
     -------
     dict
-        For each matched parameter, its proposed constrained values, one per reading
-        (more than one where readings coincide at the current values: at
-        ``scale_tril = I`` a Cholesky factor, a covariance and a precision;
-        :func:`variants` tries them in turn).  A parameter used at several sites (the
-        transition matrix of a Markov chain at every step) pools their statistics.
-        Parameters left out are left to the generic M-step.
+        For each matched parameter, its :class:`Update`, one per reading (more than one
+        where readings coincide at the current values: at ``scale_tril = I`` a Cholesky
+        factor, a covariance and a precision; :func:`variants` tries them in turn).  A
+        parameter used at several sites (the transition matrix of a Markov chain at every
+        step) pools their statistics.  Parameters left out are left to the generic M-step.
     """
     sites = []
-    for site, weight in zip((s for s in trace.nodes.values() if s["type"] == "sample"),
-                            weights, strict=True):
+    for (name, site), weight in zip(
+        ((n, s) for n, s in trace.nodes.items() if s["type"] == "sample"), weights, strict=True
+    ):
         fn, w = _unwrap(site["fn"], _site_weights(site, weight, trace.symbol_to_dim))
-        sites.append((fn, site["value"], w))
+        sites.append((name, fn, site["value"], w))
     pooled: dict[tuple, list] = {}
 
-    def pool(stats):
+    def pool(site, stats):
         for current, num, den, reading in stats:
             den = den.expand_as(num)
-            for name, (index, order) in _match(params, current):
+            for name, (index, order) in _match(params, current, (site, reading), places):
                 value = params[name]
-                acc = pooled.setdefault((name, reading), [torch.zeros_like(value),
-                                                          torch.zeros_like(value)])
-                shape = acc[0][index].shape
+                shape = value[index].shape
                 if num.numel() != math.prod(shape) or num.squeeze().dim() != len(order):
                     continue
-                acc[0][index] += _to_place(num, order, shape)
-                acc[1][index] += _to_place(den, order, shape)
+                acc = pooled.get((name, reading))
+                if acc is None and not index:  # the first use covers the whole parameter
+                    pooled[(name, reading)] = [
+                        _to_place_fast(num, index, order, shape).clone(),
+                        _to_place_fast(den, index, order, shape).clone(), {(site, index, order)}]
+                    continue
+                if acc is None:
+                    acc = pooled[(name, reading)] = [torch.zeros_like(value),
+                                                     torch.zeros_like(value), set()]
+                acc[0][index] += _to_place_fast(num, index, order, shape)
+                acc[1][index] += _to_place_fast(den, index, order, shape)
+                acc[2].add((site, index, order))
 
     with torch.no_grad():
-        for fn, value, w in sites:
+        for site, fn, value, w in sites:
             try:
-                pool(_first_order(fn, value, w))
+                pool(site, _first_order(fn, value, w))
             except (RuntimeError, ValueError, IndexError):  # a layout this reading does not take
                 continue
-        locations = {key: _finish(*acc, key[1]) for key, acc in pooled.items()}
-        for fn, value, w in sites:
+        locations = {key: _finish(num, den, key[1])
+                     for key, (num, den, _) in pooled.items() if key[1] == "ratio"}
+        for site, fn, value, w in sites:
             if not isinstance(fn, (Normal, MultivariateNormal)):
                 continue
             try:
                 loc = _compact(fn.loc, fn.loc.dim())
-                names = _match(params, loc)
+                names = _match(params, loc, (site, "location"), places)
                 if len(names) == 1 and locations.get((names[0][0], "ratio")) is not None:
                     name, (index, order) = names[0]
                     loc = _from_place(locations[(name, "ratio")][index], order, loc.shape)
-                pool(_second_order(fn, value, w, loc))
+                pool(site, _second_order(fn, value, w, loc))
             except (RuntimeError, ValueError, IndexError):
                 continue
     out: dict[str, list] = {}
-    for (name, reading), (num, den) in pooled.items():
-        new = _finish(num, den, reading)
+    for (name, reading), (num, den, uses) in pooled.items():
+        new = locations.get((name, reading))
+        if new is None:  # the locations were final before the second-order pass
+            new = _finish(num, den, reading)
         if new is not None and bool(torch.isfinite(new).all()):
-            out.setdefault(name, []).append(new.to(params[name].dtype))
+            out.setdefault(name, []).append(
+                Update(new.to(params[name].dtype), reading, frozenset(uses)))
     return out
 
 
-def variants(proposals: dict[str, list[torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+def variants(proposals: dict[str, list[Update]]) -> list[dict[str, Update]]:
     """The proposals to try in turn: the ``i``-th reading of every ambiguous parameter
     together (at ``scale_tril = I`` the readings as a Cholesky factor, a covariance and a
     precision coincide; the gradient test tells them apart)."""
     longest = max((len(v) for v in proposals.values()), default=0)
     return [{name: v[min(i, len(v) - 1)] for name, v in proposals.items()} for i in range(longest)]
+
+
+def signature(variant: dict[str, Update]) -> frozenset:
+    """What a proposal was derived from: each parameter with its reading and site uses.
+
+    Two proposals with one signature are the same closed form of the same model
+    structure; :class:`pyrovi.em.engines.EnumEngine` proves a signature by the gradient
+    test once and re-proves it periodically and at the last iteration.
+    """
+    return frozenset((name, u.reading, u.uses) for name, u in variant.items())

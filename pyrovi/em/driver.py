@@ -464,12 +464,15 @@ class EM:
                         estep = self._checked(engine.expectation, it)
                         ll = estep.log_evidence
                         restart.log_evidence = ll  # of the current parameters, for now
-                        self._checked(functools.partial(engine.maximization, estep), it)
+                        change = (ll - prev) / n_obs
+                        prev = ll
+                        last = (self.tol > 0 and abs(change) < self.tol) or (
+                            it == self.num_steps - 1)
+                        self._checked(
+                            functools.partial(engine.maximization, estep, last=last), it)
                         restart.trace.append(ll)
                         restart.n_iter = it + 1
                         run.state.mark_rng()
-                        change = (ll - prev) / n_obs
-                        prev = ll
                         run.display.em(ll, change)
                         if save is not None and restart.n_iter % self.checkpoint_every == 0:
                             write_checkpoint(run.state, save, at=f"iteration {restart.n_iter}")

@@ -4,7 +4,8 @@ An engine lives inside one restart's parameter scope.  Its steps pass values:
 
 * ``expectation() -> EStep``: the exact ``log p(x | theta_t)`` at the current parameters
   and the statistics of the exact posterior (what the M-step and the posterior need);
-* ``maximization(estep)``: update the parameters to maximise ``Q(theta | theta_t)``;
+* ``maximization(estep, last)``: update the parameters to maximise ``Q(theta | theta_t)``
+  (``last``: the driver stops after this M-step);
 * ``posterior(estep)``: the exact posterior held by an E-step.
 
 An engine keeps no E-step of its own: the driver (:mod:`pyrovi.em.driver`) passes each
@@ -14,6 +15,7 @@ one on, and owns the loop, convergence, restarts and reporting;
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -26,7 +28,7 @@ from pyro.infer import TraceEnum_ELBO, config_enumerate
 from pyrovi._exact import empty_guide
 from pyrovi._model import ModelInfo
 from pyrovi.em.closed_form import ClosedFormModel
-from pyrovi.em.derived import propose, variants
+from pyrovi.em.derived import propose, signature, variants
 from pyrovi.em.estep import (
     check_quadratic,
     current_params,
@@ -160,7 +162,7 @@ class ClosedFormEngine:
         return EStep(log_evidence=ll, statistics=stats)
 
     @torch.no_grad()
-    def maximization(self, estep: EStep) -> None:
+    def maximization(self, estep: EStep, last: bool = False) -> None:
         self.params = self.model.m_step(self.data, estep.statistics)
 
     def posterior(self, estep: EStep) -> DiscretePosterior | GaussianPosterior:
@@ -187,6 +189,9 @@ def store_closed_form(model: ClosedFormModel, params: dict) -> None:
 class EnumEngine:
     """Generic EM for finite discrete latents (Pyro enumeration + L-BFGS on ``Q``)."""
 
+    #: the derived M-step repeats its gradient test at least this often (iterations)
+    PROOF_EVERY = 16
+
     def __init__(
         self, model: Callable, info: ModelInfo, args: tuple, kwargs: dict, num_obs: int,
         settings: LBFGSMStep,
@@ -198,6 +203,12 @@ class EnumEngine:
         # taken at: when the M-step ends there, the next E-step starts from it (one model
         # trace per iteration fewer)
         self._last: tuple | None = None
+        # the derived M-step: where each site uses the parameters (a cache for
+        # derived.propose), the signature that last passed the gradient test, and the
+        # iterations since
+        self._places: dict = {}
+        self._proven: frozenset | None = None
+        self._since_proof = 0
 
     @staticmethod
     def _versions() -> tuple:
@@ -216,27 +227,59 @@ class EnumEngine:
         self._last = (trace, self._versions())
         return q_of_trace(trace, estep.statistics)
 
-    def maximization(self, estep: EStep) -> None:
+    def maximization(self, estep: EStep, last: bool = False) -> None:
+        """The M-step; ``last``: the driver stops after it (the derived M-step is proven
+        by the gradient test there, see :meth:`_derived`)."""
         q_fn = functools.partial(self.expected_log_joint, estep)
-        if self.settings.derived and self._derived(estep, q_fn):
+        if self.settings.derived and self._derived(estep, q_fn, last):
             return
         maximize_q(q_fn, current_params(), scale=self.num_obs, settings=self.settings)
 
-    def _derived(self, estep: EStep, q_fn: Callable) -> bool:
+    def _derived(self, estep: EStep, q_fn: Callable, last: bool) -> bool:
         """Start the M-step from the closed-form updates of :mod:`pyrovi.em.derived`;
-        ``True`` when they are the whole M-step."""
+        ``True`` when they are the whole M-step.
+
+        A proposal ends the M-step when it raises ``Q`` and is proven stationary by the
+        gradient test (:func:`~pyrovi.em.mstep.try_proposal`).  The test costs a
+        differentiated model trace, so it runs when the proposal's
+        :func:`~pyrovi.em.derived.signature` (parameters, readings, site uses) has not
+        passed it yet, every ``PROOF_EVERY`` iterations, and at the last iteration; in
+        between, a proposal of the proven signature ends the M-step when it raises ``Q``
+        (and the model is traced without Pyro's validation).
+        Every accepted step raises ``Q``, so the log evidence never decreases, and the
+        parameters the fit ends with come from a proven exact maximisation of ``Q``.
+        """
+        due = last or self._since_proof + 1 >= self.PROOF_EVERY
+        if due:  # every site's uses are looked for afresh
+            self._places = {}
         with torch.no_grad():
             trace = estep.statistics.trace
             store = pyro.get_param_store()
             params = {name: store[name].detach() for name in store.keys()}
-            proposals = propose(trace, estep.statistics.weights, params)
+            proposals = propose(trace, estep.statistics.weights, params, self._places)
             if not proposals:
                 return False
             q = float(q_of_trace(trace, estep.statistics))
-        for proposal in variants(proposals):
-            done, q = try_proposal(q_fn, proposal, q, scale=self.num_obs)
+        for variant in variants(proposals):
+            sig = signature(variant)
+            prove = due or sig != self._proven
+            values = {name: u.value for name, u in variant.items()}
+            # between proofs the model is traced without Pyro's argument checks: its sites
+            # and data passed them at the proof, the parameters' constraints hold by
+            # their transforms, and a non-finite value still stops the fit (driver)
+            with contextlib.nullcontext() if prove else pyro.validation_enabled(False):
+                done, q, moved = try_proposal(q_fn, values, q, scale=self.num_obs,
+                                              check_gradient=prove)
+            if not moved:  # theta_t restored: its trace is still the current one
+                self._last = (trace, self._versions())
             if done:
+                if prove:
+                    self._proven, self._since_proof = sig, 0
+                else:
+                    self._since_proof += 1
                 return True
+        # not the whole M-step: L-BFGS goes on, and the next closed form is proven afresh
+        self._proven, self._places = None, {}
         return False
 
     def posterior(self, estep: EStep) -> DiscretePosterior:
@@ -285,7 +328,7 @@ class GaussianEngine:
         default the last :meth:`e_step`)."""
         return gaussian_expected_log_joint(self.f, estep.statistics)
 
-    def maximization(self, estep: EStep) -> None:
+    def maximization(self, estep: EStep, last: bool = False) -> None:
         maximize_q(lambda: self.expected_log_joint(estep), current_params(), scale=self.num_obs,
                    settings=self.settings)
 

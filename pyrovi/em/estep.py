@@ -37,6 +37,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import config_enumerate
+from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import prune_subsample_sites
 
@@ -212,6 +213,13 @@ def enum_e_step(
         with torch.no_grad():
             trace = enum_trace(model, max_plate_nesting, args, kwargs)
     factors, _, sum_dims = _factors(trace, evidence=True)
+    local = _local_marginals(factors, sum_dims)
+    log_z, weights = local if local is not None else _contracted_marginals(factors, sum_dims)
+    return EnumEStep(log_evidence=log_z.detach(), weights=weights, trace=trace)
+
+
+def _contracted_marginals(factors: list, sum_dims: set) -> tuple:
+    """``log Z`` by Pyro's tensor contraction, and the factor marginals as its gradient."""
     leaves, tree, const = [], OrderedDict(), 0.0
     with torch.enable_grad():
         for ordinal, log_prob in factors:
@@ -230,7 +238,50 @@ def enum_e_step(
         torch.ones_like(leaf) if g is None else g.detach()
         for leaf, g in zip(leaves, grads, strict=True)
     )
-    return EnumEStep(log_evidence=log_z.detach(), weights=weights, trace=trace)
+    return torch.as_tensor(log_z).detach(), weights
+
+
+def _local_marginals(factors: list, sum_dims: set) -> tuple | None:
+    """:func:`_contracted_marginals` in closed form where every enumerated dim is local
+    (a mixture's assignment), or None where it is not.
+
+    Local: no factor holds two enumerated dims, and the factors that hold one all lie in
+    the same plates, each of which they span.  Then ``log Z`` is, per enumerated dim, the
+    plate-wise ``logsumexp`` over it of the sum of its factors (plus the factors that hold
+    none), and the marginal of each factor is the posterior ``softmax`` summed over the
+    dims the factor lacks: no tensor contraction and no backward pass.
+    """
+    groups: dict[str, list[int]] = {}
+    log_z = 0.0
+    for i, (_, log_prob) in enumerate(factors):
+        held = [d for d in log_prob._pyro_dims if d in sum_dims]
+        if len(held) > 1:
+            return None
+        if held:
+            groups.setdefault(held[0], []).append(i)
+        else:
+            log_z = log_z + log_prob.sum()
+    weights: list = [None] * len(factors)
+    for symbol, members in groups.items():
+        ordinals = {factors[i][0] for i in members}
+        terms = [factors[i][1] for i in members]
+        dims = "".join(sorted({d for t in terms for d in t._pyro_dims}))
+        if len(ordinals) != 1 or set(dims) != set(ordinals.pop()) | {symbol}:
+            return None
+        joint = sum(packed.broadcast_all(*terms, dims=dims))
+        at = dims.index(symbol)
+        lse = joint.logsumexp(at, keepdim=True)
+        log_z = log_z + lse.sum()
+        post = (joint - lse).exp()
+        for i, term in zip(members, terms, strict=True):
+            own = term._pyro_dims
+            lacking = tuple(k for k, d in enumerate(dims) if d not in own)
+            w = post.sum(lacking) if lacking else post
+            kept = "".join(d for d in dims if d in own)
+            weights[i] = w.permute(tuple(kept.index(d) for d in own)) if kept != own else w
+    weights = tuple(torch.ones_like(lp) if w is None else w
+                    for (_, lp), w in zip(factors, weights, strict=True))
+    return torch.as_tensor(log_z).detach(), weights
 
 
 def enum_expected_log_joint(

@@ -122,7 +122,8 @@ def try_proposal(
     start: float,
     *,
     scale: float = 1.0,
-) -> tuple[bool, float]:
+    check_gradient: bool = True,
+) -> tuple[bool, float, bool]:
     """Move the active parameter store to ``proposal`` if that raises ``Q``.
 
     Parameters
@@ -135,15 +136,20 @@ def try_proposal(
         :math:`Q(\\theta_t \\mid \\theta_t)`.
     scale : float
         The number of observations: the gradient test is on ``Q / scale``.
+    check_gradient : bool
+        Run the gradient test (default).  ``False`` is for a proposal of a signature that
+        passed it before (:func:`pyrovi.em.derived.signature`): ``Q`` is evaluated without
+        gradients, and a proposal that covers every parameter and raises ``Q`` ends the
+        M-step.
 
     Returns
     -------
-    (bool, float)
+    (bool, float, bool)
         Whether the M-step is done (the proposal covers every parameter, the gradient of
         ``Q / scale`` is below :math:`\\sqrt{\\epsilon}` there, and it raises ``Q``, or
-        lowers it by rounding only, when :math:`\\theta_t` is kept), and ``Q`` where the
-        store now is: at the proposal if it raised ``Q`` (it is kept), else at the
-        starting point (restored).
+        lowers it by rounding only, when :math:`\\theta_t` is kept); ``Q`` where the
+        store now is; and whether the store is at the proposal (it raised ``Q`` and is
+        kept) rather than restored to the starting point.
     """
     store = pyro.get_param_store()
     leaves = dict(store.named_parameters())
@@ -152,21 +158,26 @@ def try_proposal(
         for name, value in proposal.items():
             leaves[name].copy_(transform_to(store._constraints[name]).inv(value))
     params = list(leaves.values())
-    with torch.enable_grad():
-        q = q_fn()
-        grads = torch.autograd.grad(q, params, allow_unused=True) if q.requires_grad else []
-    value = float(q.detach())
     eps = torch.finfo(params[0].dtype).eps if params else 0.0
-    worst = max((float(g.abs().max()) for g in grads if g is not None and g.numel()),
-                default=0.0)
-    stationary = (len(proposal) == len(leaves) and len(grads) == len(params)
-                  and worst / scale <= math.sqrt(eps))
+    covered = len(proposal) == len(leaves)
+    if check_gradient:
+        with torch.enable_grad():
+            q = q_fn()
+            grads = torch.autograd.grad(q, params, allow_unused=True) if q.requires_grad else []
+        worst = max((float(g.abs().max()) for g in grads if g is not None and g.numel()),
+                    default=0.0)
+        stationary = covered and len(grads) == len(params) and worst / scale <= math.sqrt(eps)
+    else:
+        with torch.no_grad():
+            q = q_fn()
+        stationary = covered
+    value = float(q.detach())
     if math.isfinite(value) and value >= start:
-        return stationary, value
+        return stationary, value, True
     with torch.no_grad():
         for name, old in saved.items():
             leaves[name].copy_(old)
     # at convergence the maximum and theta_t agree to rounding: Q at the (stationary)
     # proposal comes out a few ulps below Q(theta_t), and theta_t is kept as the M-step
     rounding = 64 * eps * max(1.0, abs(start))
-    return stationary and math.isfinite(value) and value >= start - rounding, start
+    return stationary and math.isfinite(value) and value >= start - rounding, start, False

@@ -145,7 +145,7 @@ def test_markov_chain_statistics_are_pooled_over_steps():
     assert set(proposals) == set(expected)
     for name, value in expected.items():
         assert len(proposals[name]) == 1, name
-        np.testing.assert_allclose(proposals[name][0], value, rtol=1e-9, err_msg=name)
+        np.testing.assert_allclose(proposals[name][0].value, value, rtol=1e-9, err_msg=name)
 
 
 def test_hmm_em_takes_the_derived_steps(monkeypatch):
@@ -204,8 +204,7 @@ def test_a_proposal_that_lowers_q_is_undone():
     def q_fn():
         return -((pyro.param("loc") - 1.0) ** 2)
 
-    done, q = try_proposal(q_fn, {"loc": torch.tensor(3.0)}, 0.0)
-    assert (done, q) == (False, 0.0)
+    assert try_proposal(q_fn, {"loc": torch.tensor(3.0)}, 0.0) == (False, 0.0, False)
     assert pyro.param("loc").item() == 1.0 and loc is not None
 
 
@@ -227,3 +226,25 @@ def test_pyro_hmm_model_6_as_written_takes_the_derived_steps(monkeypatch):
     exact = m.hmm6_loglik_bruteforce(res.params["probs_x"], res.params["probs_y"],
                                      seqs, HMM_LENGTHS)
     assert res.log_evidence == pytest.approx(exact, abs=1e-4)
+
+
+def test_the_gradient_test_runs_at_a_new_signature_periodically_and_last(monkeypatch):
+    # the gradient test costs a differentiated trace: it proves a signature once, then
+    # again every PROOF_EVERY iterations and at the iteration the fit ends with; between
+    # proofs the proven closed form is taken when it raises Q
+    proofs = []
+    real = engines.try_proposal
+
+    def counted(*args, check_gradient=True, **kwargs):
+        proofs.append(check_gradient)
+        return real(*args, check_gradient=check_gradient, **kwargs)
+
+    monkeypatch.setattr(engines, "try_proposal", counted)
+    x = _iris()
+    init = x[torch.tensor([0, 50, 100])]
+    steps = 40
+    res = EM(user_gmm, num_steps=steps, tol=0, progress=False).run(x, init)
+    assert len(proofs) == steps
+    every = engines.EnumEngine.PROOF_EVERY
+    assert [i for i, p in enumerate(proofs) if p] == [0, every, 2 * every, steps - 1]
+    assert np.all(np.diff(np.append(res.log_evidence_trace, res.log_evidence)) >= -1e-9)
