@@ -213,7 +213,8 @@ def enum_e_step(
         with torch.no_grad():
             trace = enum_trace(model, max_plate_nesting, args, kwargs)
     factors, _, sum_dims = _factors(trace, evidence=True)
-    local = _local_marginals(factors, sum_dims)
+    with torch.no_grad():  # a trace taken with gradients (the M-step's) is only read
+        local = _local_marginals(factors, sum_dims)
     log_z, weights = local if local is not None else _contracted_marginals(factors, sum_dims)
     return EnumEStep(log_evidence=log_z.detach(), weights=weights, trace=trace)
 

@@ -147,7 +147,7 @@ def _log_q(fam: FamilyMath, q: QParams, u: torch.Tensor, eps: torch.Tensor) -> t
 
 
 def _lbfgs_rounds(fam, log_density, eps, dim, dtype, theta, tol, max_iters, history,
-                  max_rounds=8, first_iters=25, on_iter=None) -> Run:
+                  max_rounds=8, first_iters=25, on_iter=None, ftol=1e-7) -> Run:
     """L-BFGS in ``theta``, then rounds in coordinates whitened by the current q (the
     family's ``relative_coords``), each restarted from the last, until the gradient in the
     whitened coordinates is below ``tol`` (usually at once, or after a few iterations).
@@ -158,7 +158,7 @@ def _lbfgs_rounds(fam, log_density, eps, dim, dtype, theta, tol, max_iters, hist
     """
     f = neg_objective(fam, log_density, eps, dim, dtype)
     # handed over to the whitened rounds as soon as progress slows
-    run = lbfgs(f, theta, tol, min(max_iters, first_iters), history, ftol=1e-7, ftol_window=10,
+    run = lbfgs(f, theta, tol, min(max_iters, first_iters), history, ftol=ftol, ftol_window=10,
                 on_iter=on_iter)
     iters = run.iters
     theta = run.theta
@@ -169,7 +169,7 @@ def _lbfgs_rounds(fam, log_density, eps, dim, dtype, theta, tol, max_iters, hist
         ref = fam.unpack_coords(theta, dim)
         f = neg_objective_relative(fam, log_density, eps, dim, dtype, ref)
         z0 = torch.zeros(fam.num_coords(dim), dtype=theta.dtype, device=theta.device)
-        run = lbfgs(f, z0, tol, max(max_iters - iters, 0), history, ftol=1e-7, ftol_window=10,
+        run = lbfgs(f, z0, tol, max(max_iters - iters, 0), history, ftol=ftol, ftol_window=10,
                     on_iter=on_iter)
         iters += run.iters
         trace += run.trace
@@ -286,6 +286,7 @@ def fit_dadvi(
     num_draws: int | None = None,
     max_draws: int = 1024,
     tol: float | None = None,
+    ftol: float = 1e-7,
     max_iters: int = 2000,
     max_total_iters: int | None = None,
     check_tol: float = 0.05,
@@ -331,7 +332,10 @@ def fit_dadvi(
         coordinates whitened by the fitted q (``loc = loc* + A* a``, ``A = A* B``): nats per
         posterior standard deviation, the same whatever the latents' scales.  Where the
         optimum is only approached in a limit (lowrank: a scale -> 0), the fit stops when
-        the objective changes by < 1e-9 relative over 20 iterations, with a note.
+        the objective changes by less than ``ftol`` relative over 10 iterations, with a
+        note.
+    ftol : float
+        That relative change (default ``1e-7``; a reference run to the limit takes less).
     max_iters : int
         Optimizer iterations per fit.
     max_total_iters : int, optional
@@ -427,7 +431,8 @@ def fit_dadvi(
         iters = int(min(max_iters, budget - total_iters))
         if optimizer == "lbfgs":
             run = _lbfgs_rounds(fam, counter, eps, dim, dtype, theta, tol, iters, history,
-                                on_iter=None if progress is None else progress.lbfgs)
+                                on_iter=None if progress is None else progress.lbfgs,
+                                ftol=ftol)
         else:
             run = newton(f, theta, tol, iters)
         if not math.isfinite(run.value) and run.iters == 0:

@@ -248,3 +248,13 @@ def test_the_gradient_test_runs_at_a_new_signature_periodically_and_last(monkeyp
     every = engines.EnumEngine.PROOF_EVERY
     assert [i for i, p in enumerate(proofs) if p] == [0, every, 2 * every, steps - 1]
     assert np.all(np.diff(np.append(res.log_evidence_trace, res.log_evidence)) >= -1e-9)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_short_fits_prove_every_step(steps):
+    # two proofs in a row: the second E-step reads the first proof's differentiated trace
+    x = _iris()
+    init = x[torch.tensor([0, 50, 100])]
+    res = EM(user_gmm, num_steps=steps, tol=0, progress=False).run(x, init)
+    assert res.num_steps == steps
+    assert np.all(np.diff(np.append(res.log_evidence_trace, res.log_evidence)) >= -1e-9)

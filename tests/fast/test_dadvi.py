@@ -155,6 +155,18 @@ def test_fullrank_elbo_is_the_exact_log_evidence_on_diabetes(diabetes):
     )
 
 
+def test_lowrank_stopping_rule_follows_ftol(diabetes):
+    # the lowrank optimum on the diabetes regression is approached in a limit, where the
+    # relative change ftol stops L-BFGS: a tighter ftol runs longer to a higher objective
+    _, _, log_density, layout, _ = diabetes
+    fits = {ftol: fit_dadvi(log_density, layout.dim, "lowrank", num_fresh=0, ftol=ftol)
+            for ftol in (1e-5, 1e-7, 1e-10)}
+    iters = [fits[f].num_iters for f in (1e-5, 1e-7, 1e-10)]
+    elbos = [fits[f].elbo for f in (1e-5, 1e-7, 1e-10)]
+    assert iters[0] < iters[1] < iters[2]
+    assert elbos[0] <= elbos[1] + 1e-9 and elbos[1] <= elbos[2] + 1e-9
+
+
 @pytest.mark.parametrize("optimizer", ["lbfgs", "newton"])
 def test_linear_response_is_the_exact_posterior_covariance(diabetes, optimizer):
     _, _, log_density, layout, precision = diabetes
