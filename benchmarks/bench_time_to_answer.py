@@ -126,7 +126,10 @@ RADON_COUNTIES = 100
 def _radon_data(num_counties=RADON_COUNTIES, n=1000, seed=0):
     """Simulated houses: county sizes uneven (Dirichlet), a floor indicator ``x``."""
     g = torch.Generator().manual_seed(seed)
-    weights = torch.distributions.Dirichlet(torch.ones(num_counties, dtype=F64)).sample()
+    # flat Dirichlet weights as normalized Exp(1) draws, from the seeded generator (the
+    # same data in every run)
+    weights = -torch.rand(num_counties, generator=g, dtype=F64).log()
+    weights = weights / weights.sum()
     county = torch.multinomial(weights, n, replacement=True, generator=g)
     x = torch.bernoulli(torch.full((n,), 0.3, dtype=F64), generator=g)
     a = 1.5 + 0.4 * torch.randn(num_counties, generator=g, dtype=F64)
