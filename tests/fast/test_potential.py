@@ -96,3 +96,35 @@ def test_structure_change_between_traces_is_refused():
     layout = layout_from_trace(reference)
     with pytest.raises(TraceError, match="structure changes"):
         build_potential(_changing, args, {}, layout, 0, reference=reference)
+
+
+def _linear_predictor_model(X, y):
+    # (X * w).sum(-1) is the broadcasting linear predictor; (X * w).sum(-1, keepdim=True)
+    # and a product used twice are left as they are
+    w = pyro.sample("w", dist.Normal(torch.zeros(X.shape[1]), 1.0).to_event(1))
+    prod = X * (0.5 * w)
+    with pyro.plate("data", X.shape[0]):
+        pyro.sample("y", dist.Normal((X * w).sum(-1), 1.0), obs=y)
+        pyro.sample("z", dist.Normal(prod.sum(-1) + prod[:, 0], 1.0), obs=y)
+        pyro.sample("v", dist.Normal((X * w).sum(-1, keepdim=True).squeeze(-1), 2.0), obs=y)
+
+
+def test_broadcast_products_become_matrix_products():
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(50, 4, generator=g), torch.randn(50, generator=g)
+    _, layout, potential = _setup(_linear_predictor_model, (X, y))
+    graph = trace_log_density(potential, torch.zeros(layout.dim))
+    targets = [n.target for n in graph.graph.nodes if n.op == "call_function"]
+    aten = torch.ops.aten
+    assert targets.count(aten.matmul.default) == 1  # the first predictor only
+    u = torch.randn(7, layout.dim, generator=g)
+    batched = torch.vmap(graph)(u)
+    for i in range(7):
+        value = _log_joint(_linear_predictor_model, (X, y), layout.unpack(u[i]), True)
+        torch.testing.assert_close(batched[i], value, rtol=1e-5, atol=1e-4)
+    # and the gradient through the rewritten graph is the log joint's
+    grad = torch.func.grad(graph)(u[0])
+    point = u[0].clone().requires_grad_()
+    value = _log_joint(_linear_predictor_model, (X, y), layout.unpack(point), True)
+    (expected,) = torch.autograd.grad(value, point)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-5)
