@@ -23,8 +23,10 @@ Three things are added to the paper's method:
 * **A fresh-draw check.**  After convergence the ELBO at the optimum is estimated on
   ``num_fresh`` independent draws (more while inconclusive), as the mean of
   ``log p - log q``.  When it differs from the fixed-draw objective by more than
-  ``max(check_tol, 3 SE)`` nats, the fixed draws have overfit: ``M`` is doubled
-  (the new set contains the old draws) and the fit warm-started, up to ``max_draws``.
+  ``max(check_tol, 3 SE)`` nats, the fixed draws have overfit: ``M`` grows by the power
+  of two (2 to 16) projected to bring the gap under ``check_tol`` (the optimism of the
+  fixed draws falls about as ``1 / M``; the new set contains the old draws) and the fit is
+  warm-started, up to ``max_draws``.
   The outcome says whether the check passed and, if not, that the cap was hit.
 * **Linear response** (:func:`linear_response_covariance`): the covariance of the
   posterior means under a linear perturbation of the log density, from the Hessian of the
@@ -34,7 +36,7 @@ Three things are added to the paper's method:
 Layout
 ------
 This module holds the algorithm only: fixed draws, L-BFGS (plain, then in coordinates
-whitened by the current q), the fresh-draw check, draw doubling, and what to do when the
+whitened by the current q), the fresh-draw check, the growth of M, and what to do when the
 optimizer stops short.  Around it:
 
 * the family's parameterization -- how q lies in the flat vector ``theta`` that is
@@ -277,6 +279,17 @@ class DadviOutcome:
         )
 
 
+def _growth(elbo: float, fresh: float, check_tol: float) -> int:
+    """The factor by which a failed check grows ``M``: the power of two (2 to 16) that is
+    projected to bring the fixed-draw optimism ``|elbo - fresh|`` under ``check_tol``, as
+    the optimism falls about as ``1 / M`` (Giordano, Ingram & Broderick 2024); 2 when the
+    gap is not finite."""
+    gap = abs(elbo - fresh)
+    if not math.isfinite(gap) or check_tol <= 0 or gap <= check_tol:
+        return 2
+    return int(min(16, max(2, 2 ** math.ceil(math.log2(gap / check_tol)))))
+
+
 def fit_dadvi(
     log_density: LogDensity,
     dim: int,
@@ -461,7 +474,7 @@ def fit_dadvi(
         history_rows.append((m, elbo, fresh, se))
         if passed or num_fresh <= 0 or m >= max_draws or total_iters >= budget:
             break
-        m = min(2 * m, max_draws + max_draws % 2)
+        m = min(_growth(elbo, fresh, check_tol) * m, max_draws + max_draws % 2)
         more = draw_count(m, draws) - raw.shape[0]
         raw = torch.cat([raw, raw_normals(more, n_noise, gen, work_dtype, device)])
 
