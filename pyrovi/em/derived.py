@@ -253,11 +253,8 @@ def _locate(value: torch.Tensor, current: torch.Tensor) -> tuple | None:
             continue
         hits = []
         for index in itertools.product(*(range(n) for n in value.shape[:depth])):
-            sub = value[index].squeeze()
             for order in _orders(c.dim()):
-                if tuple(c.shape[d] for d in order) == tuple(sub.shape) and _same(
-                    c.permute(order), sub
-                ):
+                if _at(value, index, order, c):
                     hits.append((index, order))
                     break
         if hits:
