@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
 from pyrovi.families import FamilyMath, QParams, gaussian_math_of_q
 
-__all__ = ["fixed_draws", "elbo_fresh", "check", "raw_normals", "draw_count"]
+__all__ = [
+    "fixed_draws",
+    "elbo_fresh",
+    "check",
+    "Control",
+    "control_variate",
+    "raw_normals",
+    "draw_count",
+]
 
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,35 +61,92 @@ def draw_count(num_draws: int, scheme: str) -> int:
     return num_draws if scheme == "iid" else num_draws // 2
 
 
-def check(log_density, fam, q, elbo, num_fresh, max_fresh, check_tol, generator, dtype):
+class Control(NamedTuple):
+    """A quadratic control variate of ``f(eps) = log p(u) - log q(u)`` in the noise:
+    ``c(eps) = b . eps + eps^T B eps / 2``, whose mean under ``eps ~ N(0, I)`` is
+    ``tr(B) / 2`` exactly (``B`` dense, or its diagonal as a vector)."""
+
+    b: torch.Tensor
+    B: torch.Tensor
+
+    def __call__(self, eps: torch.Tensor) -> torch.Tensor:
+        quad = (eps @ self.B) * eps if self.B.dim() == 2 else self.B * eps * eps
+        return eps @ self.b + 0.5 * quad.sum(-1)
+
+    @property
+    def mean(self) -> float:
+        return 0.5 * float(self.B.diagonal().sum() if self.B.dim() == 2 else self.B.sum())
+
+
+#: Noise dimensions above which the control variate keeps only the diagonal of ``B``
+#: (a dense ``B`` is ``noise_dim^2`` numbers).
+MAX_DENSE_CONTROL = 1024
+
+
+def control_variate(log_density, fam, q, eps, dtype) -> Control | None:
+    """The quadratic control variate of the check, from the draws ``eps`` (DADVI's fixed
+    draws, independent of the check's): ``b`` the mean gradient of ``f`` in the noise and
+    ``B`` the symmetrized Stein estimate of its mean Hessian, ``mean(eps grad f^T)``
+    (Stein's lemma: ``E[eps grad f^T] = E[Hessian f]`` for ``eps ~ N(0, I)``).  One
+    forward and backward pass over ``eps``; None when a gradient is not finite.
+
+    Any ``(b, B)`` fixed before the check's draws leaves the estimate unbiased; this one
+    takes out ``f``'s quadratic part, which dominates its spread where q is far from the
+    posterior (a low-rank q of a correlated posterior: 6.0 -> 2.1 nats on breast cancer).
+    """
+    q = QParams(*(None if t is None else t.detach() for t in q))
+    e = eps.detach().to(q.loc.dtype).requires_grad_(True)
+    with torch.enable_grad():
+        u = fam.draw(q, e)
+        f = log_density(u.to(dtype)).to(q.loc.dtype) - fam.log_q(q, u, e)
+        (grad,) = torch.autograd.grad(f.sum(), e)
+    grad = grad.detach().to(torch.float64)
+    e = e.detach().to(torch.float64)
+    if not torch.isfinite(grad).all():
+        return None
+    if e.shape[1] > MAX_DENSE_CONTROL:
+        return Control(grad.mean(0), (e * grad).mean(0))
+    hess = e.T @ grad / e.shape[0]
+    return Control(grad.mean(0), 0.5 * (hess + hess.T))
+
+
+def check(log_density, fam, q, elbo, num_fresh, max_fresh, check_tol, generator, dtype,
+          control: Control | None = None):
     """The fresh-draw check: ``(fresh, se, passed, allowed, num_fresh_used)``.
 
-    Passes when ``|elbo - fresh| <= max(check_tol, 3 se)``; while the gap exceeds
-    ``check_tol`` but not ``3 se`` (inconclusive) the fresh draws are doubled, up to
-    ``max_fresh``.
+    ``fresh`` estimates the ELBO at q on independent draws, as ``E[c] + mean(f - c)`` with
+    ``f = log p - log q`` and ``c`` the quadratic ``control`` (plain ``mean(f)`` without
+    one).  The fresh draws are doubled from ``num_fresh`` up to ``max_fresh`` until the
+    question is settled: the gap ``|elbo - fresh|`` is above ``check_tol`` by more than
+    ``3 se`` (fail), or below ``check_tol`` with ``3 se <= check_tol`` (pass: a point
+    estimate under the tolerance is not enough while its error is as large as the
+    tolerance).  At ``max_fresh`` it passes when the gap is within
+    ``max(check_tol, 3 se)``.
     """
     n_noise = fam.noise_dim(q.loc.shape[-1])
     values = []
     n = 0
     want = num_fresh
+    offset = 0.0 if control is None else control.mean
     while True:
         eps = raw_normals(want - n, n_noise, generator, q.loc.dtype, q.loc.device)
-        values.append(_log_ratios(log_density, fam, q, eps, 1000, dtype))
+        values.append(_log_ratios(log_density, fam, q, eps, 1000, dtype, control))
         n = want
         lw = torch.cat(values)
         if not torch.isfinite(lw).all():
             return float("nan"), math.inf, False, math.inf, n
-        fresh = float(lw.mean())
+        fresh = float(lw.mean()) + offset
         se = float(lw.std() / math.sqrt(n))
         gap = abs(elbo - fresh)
-        if gap <= check_tol or gap > 3.0 * se or n >= max_fresh:
+        settled = gap > max(check_tol, 3.0 * se) or (gap <= check_tol and 3.0 * se <= check_tol)
+        if settled or n >= max_fresh:
             allowed = max(check_tol, 3.0 * se)
             return fresh, se, gap <= allowed, allowed, n
         want = min(2 * n, max_fresh)
 
 
-def _log_ratios(log_density, fam, q, eps, chunk, dtype) -> torch.Tensor:
-    """``log p(u) - log q(u)`` at the draws of ``eps`` (float64)."""
+def _log_ratios(log_density, fam, q, eps, chunk, dtype, control=None) -> torch.Tensor:
+    """``log p(u) - log q(u)`` at the draws of ``eps`` (float64), less ``control(eps)``."""
     work = q.loc.dtype
     with torch.no_grad():
         values = []
@@ -88,7 +154,10 @@ def _log_ratios(log_density, fam, q, eps, chunk, dtype) -> torch.Tensor:
             e = eps[start : start + chunk].to(work)
             u = fam.draw(q, e)
             lp = log_density(u.to(dtype)).to(torch.float64)
-            values.append(lp - fam.log_q(q, u, e).to(torch.float64))
+            lw = lp - fam.log_q(q, u, e).to(torch.float64)
+            if control is not None:
+                lw = lw - control(e.to(torch.float64))
+            values.append(lw)
     return torch.cat(values)
 
 
