@@ -74,3 +74,18 @@ MODELS = {
     "logistic_regression": logistic_regression,
     "grouped_means": grouped_means,
 }
+
+
+def gaussian_target(dim=5, seed=1):
+    """An unnormalized Gaussian log density ``u (P, D) -> (P,)`` with a random mean and a
+    well-conditioned precision: ``(log_density, mean, precision)``."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(dim, dim, generator=g, dtype=torch.float64)
+    precision = a @ a.T + dim * torch.eye(dim, dtype=torch.float64)
+    mean = torch.randn(dim, generator=g, dtype=torch.float64)
+
+    def log_density(u):
+        d = u - mean
+        return -0.5 * ((d @ precision) * d).sum(-1)
+
+    return log_density, mean, precision

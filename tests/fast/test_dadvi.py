@@ -28,7 +28,7 @@ from pyrovi.fast.dadvi import (
     unpack,
     write_autoguide,
 )
-from tests.fast.models import data, logistic_regression
+from tests.fast.models import data, gaussian_target, logistic_regression
 
 F64 = torch.float64
 
@@ -43,19 +43,6 @@ def draw(family, q, eps):
 
 def entropy(family, q):
     return family_math(family, 0 if q.factor is None else q.factor.shape[-1]).entropy(q)
-
-
-def _gaussian_target(dim=5, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(dim, dim, generator=g, dtype=F64)
-    precision = a @ a.T + dim * torch.eye(dim, dtype=F64)
-    mean = torch.randn(dim, generator=g, dtype=F64)
-
-    def log_density(u):
-        d = u - mean
-        return -0.5 * ((d @ precision) * d).sum(-1)
-
-    return log_density, mean, precision
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -94,7 +81,7 @@ def test_moment_matched_draws_have_exact_first_two_moments():
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "newton"])
 def test_meanfield_optimum_on_correlated_gaussian(optimizer):
-    log_density, mean, precision = _gaussian_target()
+    log_density, mean, precision = gaussian_target()
     out = fit_dadvi(log_density, 5, "meanfield", optimizer=optimizer, num_fresh=500)
     assert out.converged and out.check_passed and out.num_draws == 32  # default: max(32, 2 D)
     torch.testing.assert_close(out.params.loc, mean, atol=1e-6, rtol=0)
@@ -103,7 +90,7 @@ def test_meanfield_optimum_on_correlated_gaussian(optimizer):
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "newton"])
 def test_fullrank_recovers_the_covariance(optimizer):
-    log_density, mean, precision = _gaussian_target()
+    log_density, mean, precision = gaussian_target()
     out = fit_dadvi(log_density, 5, "fullrank", optimizer=optimizer, num_fresh=500)
     assert out.converged and out.check_passed
     torch.testing.assert_close(out.params.loc, mean, atol=1e-6, rtol=0)
@@ -258,7 +245,7 @@ def test_params_convert_to_pyro_autoguides(family):
 
 
 def test_elbo_fresh_common_draws():
-    log_density, mean, precision = _gaussian_target()
+    log_density, mean, precision = gaussian_target()
     q = Gaussian(mean, precision.diagonal() ** -0.5)
     eps = torch.randn(3000, 5, generator=torch.Generator().manual_seed(0), dtype=F64)
     a = elbo_fresh(log_density, "meanfield", q, eps=eps)
@@ -305,7 +292,7 @@ def test_a_non_finite_start_is_refused():
 
 
 def test_trace_has_one_value_per_iteration_and_the_budget_caps_them():
-    log_density, mean, precision = _gaussian_target()
+    log_density, mean, precision = gaussian_target()
     out = fit_dadvi(log_density, 5, "fullrank", num_fresh=200)
     assert len(out.trace) == out.num_iters > 0 and not out.budget_exhausted
     assert out.trace[-1] == pytest.approx(out.elbo)

@@ -9,21 +9,9 @@ import torch
 
 from pyrovi.families import QParams, gaussian_math
 from pyrovi.fast.draws import _log_ratios, check, control_variate, fixed_draws, raw_normals
+from tests.fast.models import gaussian_target
 
 F64 = torch.float64
-
-
-def _gaussian_target(dim, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(dim, dim, generator=g, dtype=F64)
-    precision = a @ a.T + dim * torch.eye(dim, dtype=F64)
-    mean = torch.randn(dim, generator=g, dtype=F64)
-
-    def log_density(u):
-        d = u - mean
-        return -0.5 * ((d @ precision) * d).sum(-1)
-
-    return log_density, mean, precision
 
 
 def _some_q(family, dim, rank, seed=2):
@@ -45,7 +33,7 @@ def test_the_control_variate_makes_a_gaussian_targets_elbo_exact(family):
     # antithetic draws is its Hessian exactly, so every fresh draw gives the closed-form ELBO
     dim, rank = 6, 2
     fam = gaussian_math(family, rank)
-    log_density, mean, precision = _gaussian_target(dim)
+    log_density, mean, precision = gaussian_target(dim)
     q = _some_q(family, dim, rank)
     gen = torch.Generator().manual_seed(0)
     n = fam.noise_dim(dim)
