@@ -118,6 +118,11 @@ __all__ = [
 
 FAMILIES = ("meanfield", "fullrank", "lowrank")
 
+#: A stalled line search counts as converged when the quasi-Newton model predicts at most
+#: this fraction of ``check_tol`` to gain (nats): a float32 log density's rounding hides
+#: gains of 1e-5 nats, and the fresh-draw check judges the answer to ``check_tol``.
+GAIN_FRACTION = 0.01
+
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
 
 #: A fitted Gaussian in Pyro's autoguide parameterization: the family records' own
@@ -158,7 +163,7 @@ def _log_q(fam: FamilyMath, q: QParams, u: torch.Tensor, eps: torch.Tensor) -> t
 
 
 def _lbfgs_rounds(fam, log_density, eps, dim, dtype, theta, tol, max_iters, history,
-                  max_rounds=8, first_iters=25, on_iter=None, ftol=1e-7) -> Run:
+                  max_rounds=8, first_iters=25, on_iter=None, ftol=1e-7, gain_tol=0.0) -> Run:
     """L-BFGS in ``theta``, then rounds in coordinates whitened by the current q (the
     family's ``relative_coords``), each restarted from the last, until the gradient in the
     whitened coordinates is below ``tol`` (usually at once, or after a few iterations).
@@ -170,7 +175,7 @@ def _lbfgs_rounds(fam, log_density, eps, dim, dtype, theta, tol, max_iters, hist
     f = neg_objective(fam, log_density, eps, dim, dtype)
     # handed over to the whitened rounds as soon as progress slows
     run = lbfgs(f, theta, tol, min(max_iters, first_iters), history, ftol=ftol, ftol_window=10,
-                on_iter=on_iter)
+                on_iter=on_iter, gain_tol=gain_tol)
     iters = run.iters
     theta = run.theta
     trace = list(run.trace)
@@ -180,12 +185,15 @@ def _lbfgs_rounds(fam, log_density, eps, dim, dtype, theta, tol, max_iters, hist
         ref = fam.unpack_coords(theta, dim)
         f = neg_objective_relative(fam, log_density, eps, dim, dtype, ref)
         z0 = torch.zeros(fam.num_coords(dim), dtype=theta.dtype, device=theta.device)
+        before = run.value
         run = lbfgs(f, z0, tol, max(max_iters - iters, 0), history, ftol=ftol, ftol_window=10,
-                    on_iter=on_iter)
+                    on_iter=on_iter, gain_tol=gain_tol)
         iters += run.iters
         trace += run.trace
         theta = fam.pack_coords(fam.relative_coords(run.theta, ref, dim)).detach()
         if (run.converged and not run.message) or iters >= max_iters:
+            break
+        if run.converged and run.value >= before:  # a new whitening gained nothing
             break
         if not math.isfinite(run.value):
             break
@@ -456,7 +464,7 @@ def fit_dadvi(
         if optimizer == "lbfgs":
             run = _lbfgs_rounds(fam, counter, eps, dim, dtype, theta, tol, iters, history,
                                 on_iter=None if progress is None else progress.lbfgs,
-                                ftol=ftol)
+                                ftol=ftol, gain_tol=GAIN_FRACTION * check_tol)
         else:
             run = newton(f, theta, tol, iters)
         if not math.isfinite(run.value) and run.iters == 0:

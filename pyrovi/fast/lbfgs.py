@@ -47,8 +47,16 @@ def _value_and_grad(f):
     return vg, state
 
 
-def lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20, on_iter=None) -> Run:
+def lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20, on_iter=None,
+          gain_tol=0.0) -> Run:
     """L-BFGS (two-loop recursion, strong-Wolfe line search) to ``max |grad| <= tol``.
+
+    Two other ends count as converged, each with a message: the objective changed by less
+    than ``ftol`` relative over ``ftol_window`` iterations (an optimum approached only in a
+    limit), or the line search found no decrease where the quasi-Newton model predicts a
+    gain of at most ``gain_tol`` (the objective's own rounding, e.g. a float32 log density,
+    hides a gain that small: the point is optimal to within it).  The model's gain of the
+    full step ``d = -H g`` is ``-g.d / 2``.
 
     Written out rather than ``torch.optim.LBFGS``: the same line search (torch's
     ``_strong_wolfe``), but no optimizer object, whose first step imports torch._dynamo
@@ -65,6 +73,7 @@ def lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20, on_iter
     iters = 0
     stalled = False
     flat = False
+    gain = math.inf  # the quasi-Newton model's gain of the last step tried
     values = [value]
     while iters < max_iters:
         gnorm = float(g.abs().max())
@@ -98,6 +107,7 @@ def lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20, on_iter
         def obj(x_, t_, d_):
             return vg(x_ + t_ * d_)
 
+        gain = -0.5 * gtd
         new_value, new_g, t, _ = _strong_wolfe(obj, x, t, d, value, g, gtd)
         iters += 1
         step = t * d
@@ -105,6 +115,8 @@ def lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20, on_iter
         sy = float(step @ y)
         if new_value >= 1e30 or not math.isfinite(new_value) or new_value > value:
             stalled = True  # no finite decrease was found: x stays
+            if new_value >= 1e30 or not math.isfinite(new_value):
+                gain = math.inf  # the objective broke along d: not a matter of precision
             values.append(value)
             break
         if sy > 1e-10 * float(y @ y) ** 0.5 * float(step @ step) ** 0.5:
@@ -132,6 +144,12 @@ def lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20, on_iter
             f"converged by the objective's change (< {ftol:.1g} relative over {ftol_window} "
             f"iterations) with max|grad| = {gnorm:.3g} > tol: the optimum is approached only "
             "in a limit (for lowrank, typically a scale -> 0 with its factor row -> infinity)"
+        ), trace)
+    if stalled and gnorm > tol and gain <= gain_tol:
+        return Run(x, value, gnorm, iters, True, (
+            f"converged at the objective's precision: the line search found no decrease where "
+            f"the quasi-Newton model predicts a gain of {gain:.2g} <= {gain_tol:.2g} nats "
+            f"(max|grad| = {gnorm:.3g} > tol)"
         ), trace)
     converged = gnorm <= tol
     msg = "" if converged else (

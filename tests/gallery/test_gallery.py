@@ -380,6 +380,11 @@ def check_baseball(c, r):
     # correlation).  kappa (Pareto, heavy tail) is not checked.
     tol = {"phi": (0.3, 0.3 if r.family in ("fullrank", "laplace") else None), "m": (0.3, None)}
     compare_nuts(c, r, "baseball_partially_pooled", tol)
+    if r.family in ("meanfield", "fullrank"):
+        # float32 as written: DADVI's line search stalls where the log density's rounding
+        # hides the last 1e-5 nats; that is converged (checked on fresh draws), not a
+        # reason to continue with SGD (which ended 0.07 nats lower)
+        assert r.backend == "dadvi" and r.converged, r.notes
 
 
 case(
