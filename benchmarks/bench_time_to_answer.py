@@ -389,7 +389,7 @@ def main(argv=None) -> None:
             # start stops short of; where the optimum is a point, the start does not matter)
             best = fit_dadvi(log_density, dim, family, rank=rank or None, num_draws=4096,
                              max_draws=4096, num_fresh=0, seed=1, max_iters=1000, ftol=1e-10,
-                             init=rows[0][1])
+                             gain_tol=0, init=rows[0][1])
             opt_elbo, opt_se = score(best.params)
             if pname in sgd_problems:
                 rows.append(("VI sgd", *run_pyrovi(model, args, family, layout, "sgd")))

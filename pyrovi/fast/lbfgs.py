@@ -52,11 +52,11 @@ def lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20, on_iter
     """L-BFGS (two-loop recursion, strong-Wolfe line search) to ``max |grad| <= tol``.
 
     Two other ends count as converged, each with a message: the objective changed by less
-    than ``ftol`` relative over ``ftol_window`` iterations (an optimum approached only in a
-    limit), or the line search found no decrease where the quasi-Newton model predicts a
-    gain of at most ``gain_tol`` (the objective's own rounding, e.g. a float32 log density,
-    hides a gain that small: the point is optimal to within it).  The model's gain of the
-    full step ``d = -H g`` is ``-g.d / 2``.
+    than ``ftol`` relative, or less than ``gain_tol``, over ``ftol_window`` iterations (an
+    optimum approached only in a limit, or slowly), or the line search found no decrease
+    where the quasi-Newton model predicts a gain of at most ``gain_tol`` (the objective's
+    own rounding, e.g. a float32 log density, hides a gain that small: the point is optimal
+    to within it).  The model's gain of the full step ``d = -H g`` is ``-g.d / 2``.
 
     Written out rather than ``torch.optim.LBFGS``: the same line search (torch's
     ``_strong_wolfe``), but no optimizer object, whose first step imports torch._dynamo
@@ -79,8 +79,9 @@ def lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20, on_iter
         gnorm = float(g.abs().max())
         if gnorm <= tol:
             break
-        if ftol > 0 and len(values) > ftol_window and (
-            values[-ftol_window - 1] - values[-1] <= ftol * max(1.0, abs(values[-1]))
+        if (ftol > 0 or gain_tol > 0) and len(values) > ftol_window and (
+            values[-ftol_window - 1] - values[-1]
+            <= max(ftol * max(1.0, abs(values[-1])), gain_tol)
         ):
             flat = True
             break
@@ -141,9 +142,10 @@ def lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20, on_iter
     trace = [-v for v in values[1:]]
     if flat:
         return Run(x, value, gnorm, iters, True, (
-            f"converged by the objective's change (< {ftol:.1g} relative over {ftol_window} "
-            f"iterations) with max|grad| = {gnorm:.3g} > tol: the optimum is approached only "
-            "in a limit (for lowrank, typically a scale -> 0 with its factor row -> infinity)"
+            f"converged by the objective's change (< {ftol:.1g} relative or {gain_tol:.1g} "
+            f"over {ftol_window} iterations) with max|grad| = {gnorm:.3g} > tol: the optimum "
+            "is approached only in a limit (for lowrank, typically a scale -> 0 with its "
+            "factor row -> infinity)"
         ), trace)
     if stalled and gnorm > tol and gain <= gain_tol:
         return Run(x, value, gnorm, iters, True, (
