@@ -21,9 +21,10 @@ Three things are added to the paper's method:
   exact optimum of the family for any such ``M`` (and linear response the exact posterior
   covariance); on other targets it is an ordinary variance reduction.
 * **A fresh-draw check.**  After convergence the ELBO at the optimum is estimated on
-  ``num_fresh`` independent draws (doubled up to ``max_fresh`` until settled), as the mean
-  of ``log p - log q`` less a quadratic control variate whose expectation is exact (its
-  coefficients from the fixed draws: :func:`~pyrovi.fast.draws.control_variate`).  When
+  ``num_fresh`` independent draws in antithetic pairs (doubled up to ``max_fresh`` until
+  settled), as the mean of ``log p - log q`` less a quadratic control variate whose
+  expectation is exact (its coefficients from the fixed draws:
+  :func:`~pyrovi.fast.draws.control_variate`).  When
   it differs from the fixed-draw objective by more than ``max(check_tol, 3 SE)`` nats,
   the fixed draws have overfit: ``M`` grows by the power
   of two (2 to 16) projected to bring the gap under ``check_tol`` (the optimism of the

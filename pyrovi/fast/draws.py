@@ -116,8 +116,13 @@ def check(log_density, fam, q, elbo, num_fresh, max_fresh, check_tol, generator,
 
     ``fresh`` estimates the ELBO at q on independent draws, as ``E[c] + mean(f - c)`` with
     ``f = log p - log q`` and ``c`` the quadratic ``control`` (plain ``mean(f)`` without
-    one).  The fresh draws are doubled from ``num_fresh`` up to ``max_fresh`` until the
-    question is settled: the gap ``|elbo - fresh|`` is above ``check_tol`` by more than
+    one).  The draws come in antithetic pairs ``(eps, -eps)`` and ``se`` is that of the
+    pair means: averaging a pair cancels the odd part of ``f - c`` (its cubic term, and the
+    control's error in the linear one), what is left of the spread once the control takes
+    out the quadratic (breast-cancer meanfield: 2.1 -> 1.2 nats per evaluation; radon
+    meanfield 0.61 -> 0.11).  The fresh draws (evaluations, two per pair; both counts
+    rounded to even) are doubled from ``num_fresh`` up to ``max_fresh`` until the question
+    is settled: the gap ``|elbo - fresh|`` is above ``check_tol`` by more than
     ``3 se`` (fail), or below ``check_tol`` with ``3 se <= check_tol`` (pass: a point
     estimate under the tolerance is not enough while its error is as large as the
     tolerance).  At ``max_fresh`` it passes when the gap is within
@@ -126,17 +131,19 @@ def check(log_density, fam, q, elbo, num_fresh, max_fresh, check_tol, generator,
     n_noise = fam.noise_dim(q.loc.shape[-1])
     values = []
     n = 0
+    num_fresh, max_fresh = 2 * max(num_fresh // 2, 2), 2 * max(max_fresh // 2, 2)
     want = num_fresh
     offset = 0.0 if control is None else control.mean
     while True:
-        eps = raw_normals(want - n, n_noise, generator, q.loc.dtype, q.loc.device)
-        values.append(_log_ratios(log_density, fam, q, eps, 1000, dtype, control))
+        half = raw_normals((want - n) // 2, n_noise, generator, q.loc.dtype, q.loc.device)
+        pairs = _log_ratios(log_density, fam, q, torch.cat([half, -half]), 1000, dtype, control)
+        values.append(0.5 * (pairs[: half.shape[0]] + pairs[half.shape[0]:]))
         n = want
-        lw = torch.cat(values)
+        lw = torch.cat(values)  # the pair means, n / 2 of them
         if not torch.isfinite(lw).all():
             return float("nan"), math.inf, False, math.inf, n
         fresh = float(lw.mean()) + offset
-        se = float(lw.std() / math.sqrt(n))
+        se = float(lw.std() / math.sqrt(lw.shape[0]))
         gap = abs(elbo - fresh)
         settled = gap > max(check_tol, 3.0 * se) or (gap <= check_tol and 3.0 * se <= check_tol)
         if settled or n >= max_fresh:

@@ -60,10 +60,11 @@ def test_a_point_estimate_within_tolerance_does_not_pass_while_its_error_is_larg
     fam = gaussian_math("meanfield")
     q = QParams(torch.zeros(2, dtype=F64), torch.ones(2, dtype=F64))
     truth = 8.0 * math.exp(-4.5)
-    # an objective equal to the first 1,000 fresh draws' mean: the gap there is 0, which
-    # alone used to pass, with a standard error of 0.18 nats
-    first = raw_normals(1000, 2, torch.Generator().manual_seed(5), F64)
-    elbo = float(_log_ratios(_wiggly, fam, q, first, 1000, F64).mean())
+    # an objective equal to the mean over the first 1,000 fresh draws (500 antithetic
+    # pairs; cos is even, so a pair is no better than one draw): the gap there is about 0,
+    # which alone used to pass, with a standard error of 0.25 nats
+    first = raw_normals(500, 2, torch.Generator().manual_seed(5), F64)
+    elbo = float(_log_ratios(_wiggly, fam, q, torch.cat([first, -first]), 1000, F64).mean())
     fixed = fixed_draws(raw_normals(64, 2, torch.Generator().manual_seed(9), F64))
     control = control_variate(_wiggly, fam, q, fixed, F64)
     fresh, se, passed, allowed, used = check(
@@ -94,3 +95,22 @@ def test_a_resolved_check_stops_at_the_first_batch():
         standard_normal, fam, q, 0.5, 1000, 16000, 0.05, torch.Generator().manual_seed(0), F64
     )
     assert used == 1000 and not passed and allowed == 0.05
+
+
+def test_antithetic_pairs_take_out_the_odd_part_no_quadratic_control_can():
+    # against q = N(0, I), log p - log q = u_0^3: odd in the noise, mean 0, spread
+    # sqrt(15) = 3.9 nats per draw; each antithetic pair (eps, -eps) averages to 0 exactly
+    fam = gaussian_math("meanfield")
+    q = QParams(torch.zeros(2, dtype=F64), torch.ones(2, dtype=F64))
+
+    def skewed(u):
+        return -0.5 * (u * u).sum(-1) - math.log(2 * math.pi) + u[:, 0] ** 3
+
+    one_sided = _log_ratios(skewed, fam, q, raw_normals(1000, 2, torch.Generator(), F64), 500,
+                            F64)
+    assert float(one_sided.std()) > 3.0
+    fresh, se, passed, allowed, used = check(
+        skewed, fam, q, 0.0, 1000, 16000, 0.05, torch.Generator().manual_seed(0), F64
+    )
+    assert used == 1000 and passed
+    assert fresh == pytest.approx(0.0, abs=1e-12) and se < 1e-12
