@@ -136,7 +136,7 @@ class Progress:
         self.say(
             f"fresh-draw check with M = {num_draws} fixed draws {verdict}: fixed-draw ELBO "
             f"{elbo:.4f} vs {format_estimate(fresh, se)} on {format_count(num_fresh)} "
-            "independent draws"
+            "fresh draws (antithetic pairs)"
         )
 
     def em(self, log_evidence: float, change: float) -> None:

@@ -118,7 +118,7 @@ def test_dadvi_shows_its_iterations_and_checks_and_ends_on_the_results_numbers(c
     m_draws = res.dadvi.num_draws
     checks = [line for line in _lines(err) if "fresh-draw check with M =" in line]
     assert checks and f"M = {m_draws} fixed draws passed" in checks[-1]
-    assert f"on {format_count(res.dadvi.num_fresh)} independent draws" in checks[-1]
+    assert f"on {format_count(res.dadvi.num_fresh)} fresh draws (antithetic pairs)" in checks[-1]
     line = _final(err)
     m = _check_final_vi(line, res)
     assert m["how"] == "converged" and m["unit"] == "L-BFGS iterations"

@@ -325,7 +325,7 @@ class Fit:
             f"fitted by DADVI with M = {out.num_draws} fixed draws: {out.num_iters} L-BFGS "
             f"iterations ({'converged' if out.converged else 'not converged'}), fixed-draw "
             f"ELBO {out.elbo:.4f}; fresh-draw check {check}: {out.elbo_fresh:.4f} +- "
-            f"{out.elbo_fresh_se:.4f} on {out.num_fresh} independent draws"
+            f"{out.elbo_fresh_se:.4f} on {out.num_fresh} fresh draws (antithetic pairs)"
         )
 
     def _dadvi(self, settings: Settings) -> VIResult | None:
