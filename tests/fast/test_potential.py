@@ -128,3 +128,44 @@ def test_broadcast_products_become_matrix_products():
     value = _log_joint(_linear_predictor_model, (X, y), layout.unpack(point), True)
     (expected,) = torch.autograd.grad(value, point)
     torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-5)
+
+
+def _varying_intercepts(county, x, y, num_counties):
+    # the radon model's shape: a scalar sigma broadcast over N observations, a gather
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    sigma_a = pyro.sample("sigma_a", dist.HalfNormal(2.0))
+    sigma_y = pyro.sample("sigma_y", dist.HalfNormal(2.0))
+    with pyro.plate("groups", num_counties):
+        a_raw = pyro.sample("a_raw", dist.Normal(0.0, 1.0))
+    a = mu + sigma_a * a_raw
+    with pyro.plate("obs", x.shape[0]):
+        pyro.sample("y", dist.Normal(a[county] + 0.5 * x, sigma_y), obs=y)
+
+
+def test_broadcast_parameters_are_computed_once():
+    g = torch.Generator().manual_seed(1)
+    n, groups = 200, 7
+    county = torch.randint(groups, (n,), generator=g)
+    x, y = torch.randn(n, generator=g), torch.randn(n, generator=g)
+    args = (county, x, y, groups)
+    _, layout, potential = _setup(_varying_intercepts, args)
+    graph = trace_log_density(potential, torch.zeros(layout.dim))
+    aten = torch.ops.aten
+    per_obs = [
+        node.target for node in graph.graph.nodes
+        if node.op == "call_function" and isinstance(node.meta.get("val"), torch.Tensor)
+        and node.meta["val"].shape == (n,)
+    ]
+    # sigma_y ** 2 and log(sigma_y) once, not per observation; the constant, the division
+    # by 2 sigma^2 and the negation after the sum; the gather as index_select
+    assert aten.log.default not in per_obs and aten.div.Tensor not in per_obs
+    assert aten.neg.default not in per_obs and aten.index.Tensor not in per_obs
+    assert per_obs.count(aten.pow.Tensor_Scalar) == 1  # (y - mean) ** 2
+    u = torch.randn(5, layout.dim, generator=g)
+    batched = torch.vmap(graph)(u)
+    for i in range(5):
+        point = u[i].clone().requires_grad_()
+        value = _log_joint(_varying_intercepts, args, layout.unpack(point), True)
+        torch.testing.assert_close(batched[i], value.detach(), rtol=1e-5, atol=1e-4)
+        (expected,) = torch.autograd.grad(value, point)
+        torch.testing.assert_close(torch.func.grad(graph)(u[i]), expected, rtol=1e-5, atol=1e-4)
