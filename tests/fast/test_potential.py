@@ -130,8 +130,9 @@ def test_broadcast_products_become_matrix_products():
     torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-5)
 
 
-def _varying_intercepts(county, x, y, num_counties):
-    # the radon model's shape: a scalar sigma broadcast over N observations, a gather
+def _varying_intercepts(county, x, y, num_counties, keepdim):
+    # the radon model's shape: a scalar sigma broadcast over N observations, a gather;
+    # keepdim: sigma written to broadcast over particles, sigma[..., None] of shape (1,)
     mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
     sigma_a = pyro.sample("sigma_a", dist.HalfNormal(2.0))
     sigma_y = pyro.sample("sigma_y", dist.HalfNormal(2.0))
@@ -139,15 +140,17 @@ def _varying_intercepts(county, x, y, num_counties):
         a_raw = pyro.sample("a_raw", dist.Normal(0.0, 1.0))
     a = mu + sigma_a * a_raw
     with pyro.plate("obs", x.shape[0]):
-        pyro.sample("y", dist.Normal(a[county] + 0.5 * x, sigma_y), obs=y)
+        scale = sigma_y[..., None] if keepdim else sigma_y
+        pyro.sample("y", dist.Normal(a[county] + 0.5 * x, scale), obs=y)
 
 
-def test_broadcast_parameters_are_computed_once():
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_broadcast_parameters_are_computed_once(keepdim):
     g = torch.Generator().manual_seed(1)
     n, groups = 200, 7
     county = torch.randint(groups, (n,), generator=g)
     x, y = torch.randn(n, generator=g), torch.randn(n, generator=g)
-    args = (county, x, y, groups)
+    args = (county, x, y, groups, keepdim)
     _, layout, potential = _setup(_varying_intercepts, args)
     graph = trace_log_density(potential, torch.zeros(layout.dim))
     aten = torch.ops.aten
