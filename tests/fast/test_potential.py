@@ -172,3 +172,30 @@ def test_broadcast_parameters_are_computed_once(keepdim):
         torch.testing.assert_close(batched[i], value.detach(), rtol=1e-5, atol=1e-4)
         (expected,) = torch.autograd.grad(value, point)
         torch.testing.assert_close(torch.func.grad(graph)(u[i]), expected, rtol=1e-5, atol=1e-4)
+
+
+def _doubling(graph):
+    # a rewrite that changes the value: the log density comes out doubled
+    out = next(n for n in graph.graph.nodes if n.op == "output")
+    with graph.graph.inserting_before(out):
+        doubled = graph.graph.call_function(torch.ops.aten.mul.Tensor, (out.args[0], 2.0))
+    out.args = (doubled,)
+    graph.recompile()
+    return 1
+
+
+def _failing(graph):
+    raise RuntimeError("a graph the rewrites do not understand")
+
+
+@pytest.mark.parametrize("fold", [_doubling, _failing])
+def test_a_failed_fold_keeps_the_graph_as_traced(monkeypatch, fold):
+    import pyrovi.fast.potential as module
+
+    monkeypatch.setattr(module, "fold_broadcasts", fold)
+    args = data("logistic_regression")
+    _, layout, potential = _setup(logistic_regression, args)
+    graph = trace_log_density(potential, torch.zeros(layout.dim))
+    for seed in range(3):
+        u = torch.randn(layout.dim, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(graph(u), potential.log_density(u, True))
