@@ -16,6 +16,7 @@ point, which catches models whose structure changes between calls.
 
 from __future__ import annotations
 
+import math
 import operator
 
 import pyro
@@ -120,11 +121,21 @@ def _is_node(x) -> bool:
     return isinstance(x, torch.fx.Node)
 
 
-def _numel(shape: tuple) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+def _insert(graph: torch.fx.Graph, before, target, args, val=...) -> torch.fx.Node:
+    """A new call of ``target`` before ``before``, its traced value ``val`` (by default
+    ``before``'s; None: unknown)."""
+    with graph.inserting_before(before):
+        node = graph.call_function(target, tuple(args))
+    val = before.meta.get("val") if val is ... else val
+    if val is not None:
+        node.meta["val"] = val
+    return node
+
+
+def _replace(graph: torch.fx.Graph, node, target, args) -> None:
+    """``node`` replaced by a call of ``target`` with the same traced value."""
+    node.replace_all_uses_with(_insert(graph, node, target, args))
+    graph.erase_node(node)
 
 
 def _constant_indices(module: torch.fx.GraphModule, node) -> bool:
@@ -134,6 +145,47 @@ def _constant_indices(module: torch.fx.GraphModule, node) -> bool:
     value = operator.attrgetter(node.target)(module)
     return (isinstance(value, torch.Tensor) and value.dim() == 1
             and value.dtype in (torch.int64, torch.int32) and bool((value >= 0).all()))
+
+
+def _sink_expand(graph: torch.fx.Graph, node) -> None:
+    """``op(x.expand(s))`` -> ``op(x).expand(s)``."""
+    expand = node.args[0]
+    src, rest = expand.args[0], node.args[1:]
+    try:  # the op's result on the traced value, for the later rewrites
+        val = node.target(src.meta.get("val"), *rest)
+    except Exception:  # no shape known: the later rewrites leave it alone
+        val = None
+    inner = _insert(graph, node, node.target, (src, *rest), val)
+    _replace(graph, node, _aten.expand.default, (inner, *expand.args[1:]))
+
+
+def _fold_sum(graph: torch.fx.Graph, node) -> bool:
+    """``sum(-x)`` -> ``-sum(x)``; ``sum(x * c)``, ``sum(x / c)`` -> ``sum(x) * c``,
+    ``sum(x) / c``; ``sum(x +- c)`` -> ``sum(x) +- numel * c``: for ``c`` a number or a
+    one-element tensor of ``x``'s dtype (no type promotion changes), and ``x``'s op used by
+    the sum alone.  Whether it rewrote."""
+    x = node.args[0]
+    if not (_is_node(x) and x.op == "call_function" and len(x.users) == 1
+            and not x.kwargs and _shape(x) is not None):
+        return False
+    if x.target is _aten.neg.default:
+        _replace(graph, node, _aten.neg.default,
+                 (_insert(graph, node, _aten.sum.default, x.args),))
+        return True
+    if x.target not in _ARITHMETIC or len(x.args) != 2 or _shape(x.args[0]) != _shape(x):
+        return False
+    c = x.args[1]
+    if _is_node(c):
+        shape = _shape(c)
+        if shape is None or math.prod(shape[0]) != 1 or shape[1] != _shape(x)[1]:
+            return False
+        if shape[0] != ():  # a (1,)-shaped c as a 0-d tensor, so that the sum stays 0-d
+            c = _insert(graph, node, _aten.sum.default, (c,))
+    if x.target in (_aten.add.Tensor, _aten.sub.Tensor):
+        n = math.prod(_shape(x)[0])
+        c = _insert(graph, node, _aten.mul.Tensor, (c, n)) if _is_node(c) else c * n
+    _replace(graph, node, x.target, (_insert(graph, node, _aten.sum.default, (x.args[0],)), c))
+    return True
 
 
 def _fold_once(module: torch.fx.GraphModule) -> int:
@@ -146,99 +198,32 @@ def _fold_once(module: torch.fx.GraphModule) -> int:
         t, args, out = node.target, node.args, _shape(node)
         if out is None or not out[1].is_floating_point:
             continue
-        # x[idx] with one constant, nonnegative integer index vector -> index_select (its
-        # backward is index_add, not index_put with accumulation)
         if (t is _aten.index.Tensor and len(args) == 2 and len(args[1]) == 1
                 and _constant_indices(module, args[1][0])):
-            with graph.inserting_before(node):
-                new = graph.call_function(_aten.index_select.default, (args[0], 0, args[1][0]))
-                new.meta["val"] = node.meta.get("val")
-            node.replace_all_uses_with(new)
-            graph.erase_node(node)
-            count += 1
-            continue
-        # x + 0, x - 0, x * 1, x / 1 (the transforms' identity affine maps)
-        if (t in _ARITHMETIC and len(args) == 2 and not _is_node(args[1])
+            # x[idx] -> index_select: its backward is index_add, not an accumulating
+            # index_put
+            _replace(graph, node, _aten.index_select.default, (args[0], 0, args[1][0]))
+        elif (t in _ARITHMETIC and len(args) == 2 and not _is_node(args[1])
                 and args[1] == (0 if t in (_aten.add.Tensor, _aten.sub.Tensor) else 1)
                 and _shape(args[0]) == out):
+            # x + 0, x - 0, x * 1, x / 1 (the transforms' identity affine maps)
             node.replace_all_uses_with(args[0])
             graph.erase_node(node)
-            count += 1
-            continue
-        # op(x.expand(s)) -> op(x).expand(s): computed once, not once per element of s
-        if (t in _POINTWISE and _is_node(args[0]) and args[0].target is _aten.expand.default
+        elif (t in _POINTWISE and _is_node(args[0]) and args[0].target is _aten.expand.default
                 and not any(_is_node(a) for a in args[1:])):
-            expand = args[0]
-            src = expand.args[0]
-            with graph.inserting_before(node):
-                inner = graph.call_function(t, (src, *args[1:]))
-                value = src.meta.get("val")
-                try:  # the op's result on the traced value, for the later rewrites
-                    inner.meta["val"] = t(value, *args[1:])
-                except Exception:  # no shape known: the later rewrites leave it alone
-                    pass
-                outer = graph.call_function(_aten.expand.default, (inner, *expand.args[1:]))
-                outer.meta["val"] = node.meta.get("val")
-            node.replace_all_uses_with(outer)
-            graph.erase_node(node)
-            count += 1
-            continue
-        # x op y.expand(s), x of the result's shape: the op broadcasts y itself
-        if t in _ARITHMETIC and len(args) == 2 and all(_is_node(a) for a in args):
-            for i in (0, 1):
-                x, y = args[i], args[1 - i]
-                if y.target is _aten.expand.default and _shape(x) == out:
-                    new = list(args)
-                    new[1 - i] = y.args[0]
-                    node.args = tuple(new)
-                    count += 1
-                    break
-            continue
-        # sum(-x) = -sum(x); sum(x * c) = sum(x) * c; sum(x + c) = sum(x) + numel * c
-        # (c a number or a one-element tensor; x's op used by the sum alone)
-        if t is _aten.sum.default and len(args) == 1:
-            x = args[0]
-            if not (_is_node(x) and x.op == "call_function" and len(x.users) == 1
-                    and not x.kwargs and _shape(x) is not None):
+            _sink_expand(graph, node)
+        elif t in _ARITHMETIC and len(args) == 2 and all(_is_node(a) for a in args):
+            # x op y.expand(s), x of the result's shape and dtype: the op broadcasts y
+            i = next((i for i in (0, 1) if args[1 - i].target is _aten.expand.default
+                      and _shape(args[i]) == out), None)
+            if i is None:
                 continue
-            shape = _shape(x)[0]
-            other = _shape(x.args[1]) if len(x.args) == 2 and _is_node(x.args[1]) else None
-            scalar = len(x.args) == 2 and (
-                not _is_node(x.args[1])
-                or (other is not None and _numel(other[0]) == 1 and len(other[0]) <= len(shape)
-                    and other[1] == _shape(x)[1])  # no type promotion to change
-            )
-            if x.target is _aten.neg.default:
-                outer_op, operand = _aten.neg.default, ()
-            elif (x.target in (_aten.mul.Tensor, _aten.div.Tensor) and scalar
-                    and _shape(x.args[0]) == _shape(x)):
-                outer_op, operand = x.target, (x.args[1],)
-            elif (x.target in (_aten.add.Tensor, _aten.sub.Tensor) and scalar
-                    and _shape(x.args[0]) == _shape(x)):
-                c, n = x.args[1], _numel(shape)
-                outer_op = x.target
-                operand = (c * n,) if not _is_node(c) else (c, n)
-            else:
-                continue
-            if operand and _is_node(operand[0]) and other[0] != ():
-                # a (1,)-shaped c as a 0-d tensor, so that the sum stays 0-d
-                with graph.inserting_before(node):
-                    c0 = graph.call_function(_aten.sum.default, (operand[0],))
-                    c0.meta["val"] = node.meta.get("val")
-                operand = (c0, *operand[1:])
-            if len(operand) == 2:  # numel * c
-                with graph.inserting_before(node):
-                    c = graph.call_function(_aten.mul.Tensor, operand)
-                    c.meta["val"] = node.meta.get("val")
-                operand = (c,)
-            with graph.inserting_before(node):
-                inner = graph.call_function(_aten.sum.default, (x.args[0],))
-                inner.meta["val"] = node.meta.get("val")
-                outer = graph.call_function(outer_op, (inner, *operand))
-                outer.meta["val"] = node.meta.get("val")
-            node.replace_all_uses_with(outer)
-            graph.erase_node(node)
-            count += 1
+            new = list(args)
+            new[1 - i] = args[1 - i].args[0]
+            node.args = tuple(new)
+        elif not (t is _aten.sum.default and len(args) == 1 and _fold_sum(graph, node)):
+            continue
+        count += 1
     graph.eliminate_dead_code()
     return count
 
