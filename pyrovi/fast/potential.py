@@ -188,6 +188,24 @@ def _fold_sum(graph: torch.fx.Graph, node) -> bool:
     return True
 
 
+def _plain_bce(args) -> bool:
+    """Whether a ``binary_cross_entropy_with_logits`` call is the one a Bernoulli's
+    ``log_prob`` makes: no weights, no reduction."""
+    return (len(args) == 5 and args[2] is None and args[3] is None and args[4] == 0
+            and all(_shape(a) is not None for a in args[:2]))
+
+
+def _expand_bce(graph: torch.fx.Graph, node) -> None:
+    """``binary_cross_entropy_with_logits(l, y)`` -> ``(1 - y) l - logsigmoid(l)``: the
+    same number (``log(1 - sigmoid(l)) = logsigmoid(l) - l``), two fused elementwise ops
+    where torch's batching rule for the loss and its backward take about ten."""
+    logits, target = node.args[:2]
+    complement = _insert(graph, node, _aten.rsub.Scalar, (target, 1), val=None)
+    linear = _insert(graph, node, _aten.mul.Tensor, (complement, logits))
+    log_sigmoid = _insert(graph, node, _aten.log_sigmoid.default, (logits,))
+    _replace(graph, node, _aten.sub.Tensor, (linear, log_sigmoid))
+
+
 def _fold_once(module: torch.fx.GraphModule) -> int:
     """One sweep of :func:`fold_broadcasts`' rewrites; returns how many it made."""
     graph = module.graph
@@ -209,6 +227,8 @@ def _fold_once(module: torch.fx.GraphModule) -> int:
             # x + 0, x - 0, x * 1, x / 1 (the transforms' identity affine maps)
             node.replace_all_uses_with(args[0])
             graph.erase_node(node)
+        elif t is _aten.binary_cross_entropy_with_logits.default and _plain_bce(args):
+            _expand_bce(graph, node)
         elif (t in _POINTWISE and _is_node(args[0]) and args[0].target is _aten.expand.default
                 and not any(_is_node(a) for a in args[1:])):
             _sink_expand(graph, node)
@@ -246,7 +266,11 @@ def fold_broadcasts(graph: torch.fx.GraphModule) -> int:
       or a one-element ``c`` that does not change ``x``'s shape;
     * ``x + 0``, ``x - 0``, ``x * 1``, ``x / 1`` -> ``x``;
     * ``x[idx]`` with a constant vector of nonnegative indices -> ``index_select``, whose
-      backward adds into the gathered rows instead of an accumulating ``index_put``.
+      backward adds into the gathered rows instead of an accumulating ``index_put``;
+    * a Bernoulli's ``binary_cross_entropy_with_logits(l, y)`` -> ``(1 - y) l -
+      logsigmoid(l)``, the same formula in two fused ops (torch's batching rule for the
+      loss and its backward take about ten): breast cancer and the benchmark's logistic
+      regressions 1.2-1.3x at 62 draws, 1.4-1.5x at 496, 2.0-2.15x at 2,000.
 
     Measured on the benchmark's models (log density and gradient, batched, interleaved in
     one process): radon (1,000 houses, a scalar ``sigma``, a gather) 1.9x at 62 draws and

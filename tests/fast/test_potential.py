@@ -174,6 +174,48 @@ def test_broadcast_parameters_are_computed_once(keepdim):
         torch.testing.assert_close(torch.func.grad(graph)(u[i]), expected, rtol=1e-5, atol=1e-4)
 
 
+def _binary_outcomes(X, y, likelihood):
+    # a logistic regression as users write it, X @ w; its likelihood a Bernoulli on logits
+    # or on probabilities, or a ContinuousBernoulli, whose targets are not 0 or 1
+    w = pyro.sample("w", dist.Normal(torch.zeros(X.shape[1], dtype=X.dtype), 1.0).to_event(1))
+    b = pyro.sample("b", dist.Normal(torch.tensor(0.0, dtype=X.dtype), 1.0))
+    logits = X @ w + b
+    with pyro.plate("data", X.shape[0]):
+        if likelihood == "probs":
+            pyro.sample("y", dist.Bernoulli(probs=torch.sigmoid(logits)), obs=y)
+        elif likelihood == "continuous":
+            pyro.sample("y", dist.ContinuousBernoulli(logits=logits), obs=y)
+        else:
+            pyro.sample("y", dist.Bernoulli(logits=logits), obs=y)
+
+
+@pytest.mark.parametrize("likelihood", ["logits", "probs", "continuous"])
+def test_bernoulli_log_likelihood_is_two_fused_ops(likelihood):
+    g = torch.Generator().manual_seed(2)
+    n = 150
+    X = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    y = torch.rand(n, generator=g, dtype=torch.float64)
+    if likelihood != "continuous":
+        y = (y < 0.4).double()
+    args = (X, y, likelihood)
+    _, layout, potential = _setup(_binary_outcomes, args)
+    graph = trace_log_density(potential, torch.zeros(layout.dim, dtype=torch.float64))
+    aten = torch.ops.aten
+    targets = [node.target for node in graph.graph.nodes if node.op == "call_function"]
+    # (1 - y) l - logsigmoid(l), not the loss op whose batching rule and backward take ten
+    assert aten.binary_cross_entropy_with_logits.default not in targets
+    assert targets.count(aten.log_sigmoid.default) == 1
+    u = torch.randn(5, layout.dim, generator=g, dtype=torch.float64) * 2.0
+    batched = torch.vmap(graph)(u)
+    for i in range(5):
+        point = u[i].clone().requires_grad_()
+        value = _log_joint(_binary_outcomes, args, layout.unpack(point), True)
+        torch.testing.assert_close(batched[i], value.detach(), rtol=1e-12, atol=1e-10)
+        (expected,) = torch.autograd.grad(value, point)
+        torch.testing.assert_close(torch.func.grad(graph)(u[i]), expected, rtol=1e-10,
+                                   atol=1e-10)
+
+
 def _doubling(graph):
     # a rewrite that changes the value: the log density comes out doubled
     out = next(n for n in graph.graph.nodes if n.op == "output")
