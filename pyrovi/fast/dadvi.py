@@ -21,7 +21,7 @@ Three things are added to the paper's method:
   exact optimum of the family for any such ``M`` (and linear response the exact posterior
   covariance); on other targets it is an ordinary variance reduction.
 * **A fresh-draw check.**  After convergence the ELBO at the optimum is estimated on
-  ``num_fresh`` independent draws in antithetic pairs (doubled up to ``max_fresh`` until
+  ``num_fresh`` independent draws in antithetic pairs (grown up to ``max_fresh`` until
   settled), as the mean of ``log p - log q`` less a quadratic control variate whose
   expectation is exact (its coefficients from the fixed draws:
   :func:`~pyrovi.fast.draws.control_variate`).  When
@@ -386,9 +386,10 @@ def fit_dadvi(
         Nats: the fixed- and fresh-draw ELBO must agree within ``check_tol``, resolved to
         ``3 SE <= check_tol`` (at ``max_fresh`` draws: within ``max(check_tol, 3 SE)``).
     num_fresh, max_fresh : int
-        Independent draws for the check: ``num_fresh`` first, doubled until the check is
-        settled (see :func:`~pyrovi.fast.draws.check`), up to ``max_fresh``;
-        ``num_fresh=0`` skips the check (``check_passed`` is then False, with a note).
+        Independent draws for the check: ``num_fresh`` first, grown to the count its
+        standard error projects until the check is settled (see
+        :func:`~pyrovi.fast.draws.check`), up to ``max_fresh``; ``num_fresh=0`` skips
+        the check (``check_passed`` is then False, with a note).
     draws : {"moment_matched", "antithetic", "iid"}
         How the fixed draws are made (see the module docstring).
     optimizer : {"lbfgs", "newton"}

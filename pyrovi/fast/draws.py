@@ -121,8 +121,9 @@ def check(log_density, fam, q, elbo, num_fresh, max_fresh, check_tol, generator,
     control's error in the linear one), what is left of the spread once the control takes
     out the quadratic (breast-cancer meanfield: 2.1 -> 1.2 nats per evaluation; radon
     meanfield 0.61 -> 0.11).  The fresh draws (evaluations, two per pair; both counts
-    rounded to even) are doubled from ``num_fresh`` up to ``max_fresh`` until the question
-    is settled: the gap ``|elbo - fresh|`` is above ``check_tol`` by more than
+    rounded to even) grow from ``num_fresh`` up to ``max_fresh``, each time to the count
+    that the standard error projects (:func:`_settling_count`), until the question is
+    settled: the gap ``|elbo - fresh|`` is above ``check_tol`` by more than
     ``3 se`` (fail), or below ``check_tol`` with ``3 se <= check_tol`` (pass: a point
     estimate under the tolerance is not enough while its error is as large as the
     tolerance).  At ``max_fresh`` it passes when the gap is within
@@ -149,7 +150,15 @@ def check(log_density, fam, q, elbo, num_fresh, max_fresh, check_tol, generator,
         if settled or n >= max_fresh:
             allowed = max(check_tol, 3.0 * se)
             return fresh, se, gap <= allowed, allowed, n
-        want = min(2 * n, max_fresh)
+        want = min(_settling_count(n, se, max(gap, check_tol)), max_fresh)
+
+
+def _settling_count(n: int, se: float, bound: float) -> int:
+    """The fresh draws (even) projected to bring ``3 se`` under ``bound`` (``check_tol``,
+    or a gap above it), as ``se`` falls as ``1 / sqrt(n)``: a quarter more than the
+    projection for the noise in ``se`` itself, and at least half as many again as ``n``."""
+    projected = 1.25 * n * (3.0 * se / bound) ** 2
+    return 2 * math.ceil(max(1.5 * n, projected) / 2)
 
 
 def _log_ratios(log_density, fam, q, eps, chunk, dtype, control=None) -> torch.Tensor:

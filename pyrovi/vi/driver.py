@@ -99,7 +99,7 @@ class VI:
         Steps per convergence window (default 100).
     elbo_particles : int
         Draws behind the final ELBO estimate (default 1,000); for DADVI, the first batch of
-        its fresh-draw check (at least 1,000, doubled until the check is settled).
+        its fresh-draw check (at least 1,000, grown until the check is settled).
     clip_norm : float or None
         Gradient-norm clipping threshold (default 100); with Adam a uniform rescaling of the
         gradient barely changes the step, so this only tames rare huge gradients.

@@ -78,6 +78,27 @@ def test_a_point_estimate_within_tolerance_does_not_pass_while_its_error_is_larg
     assert passed == (abs(elbo - fresh) <= allowed)
 
 
+def test_the_fresh_draws_grow_to_the_count_their_standard_error_projects():
+    # against q = N(0, I), log p - log q = 0.5 cos(3 u_0) - its mean: even (a pair is no
+    # better than one draw), no quadratic takes it out; spread 0.35 nats per pair, so
+    # 3 se <= 0.05 needs about 450 pairs.  From 100 pairs the projection (a quarter more)
+    # goes to about 560 at once; doubling took 200, 400 and then 800 pairs.
+    fam = gaussian_math("meanfield")
+    q = QParams(torch.zeros(2, dtype=F64), torch.ones(2, dtype=F64))
+    mean = 0.5 * math.exp(-4.5)
+
+    def wiggle(u):
+        return (-0.5 * (u * u).sum(-1) - math.log(2 * math.pi)
+                + 0.5 * torch.cos(3.0 * u[:, 0]) - mean)
+
+    fresh, se, passed, allowed, used = check(
+        wiggle, fam, q, 0.0, 200, 16000, 0.05, torch.Generator().manual_seed(0), F64
+    )
+    assert passed and 3 * se <= 0.05
+    assert 900 <= used <= 1400  # one growth, where doubling went to 1,600 draws
+    assert abs(fresh) < 3 * se
+
+
 def test_a_resolved_check_stops_at_the_first_batch():
     # q is the target itself: log p - log q is constant, the check is settled at once
     fam = gaussian_math("meanfield")
