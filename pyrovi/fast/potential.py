@@ -16,6 +16,7 @@ point, which catches models whose structure changes between calls.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 
@@ -42,6 +43,7 @@ __all__ = [
     "trace_log_density",
     "contract_products",
     "fold_broadcasts",
+    "hoist_constants",
 ]
 
 
@@ -292,6 +294,102 @@ def fold_broadcasts(graph: torch.fx.GraphModule) -> int:
     return total
 
 
+#: Ops whose value does not depend on their tensor argument's values, only its shape.
+_SHAPE_ONLY = frozenset({_aten.zeros_like.default, _aten.ones_like.default,
+                         _aten.full_like.default})
+
+
+def hoist_constants(module: torch.fx.GraphModule) -> int:
+    """Compute once, at trace time, every op of a traced one-point graph whose value does
+    not depend on the point; returns how many values it hoisted.
+
+    Such ops are the data's own arithmetic (``log(sigma)`` of a known ``sigma``, ``1 - y``),
+    copies of the model's constants, and the zeros of identity Jacobians; under
+    :func:`torch.vmap` each is an op dispatch per call.  The frontier of that constant part
+    (values that a point-dependent op reads) becomes graph constants, and sums of zeros
+    then drop out.  Nothing is hoisted when an in-place op writes into a constant.
+    """
+    graph = module.graph
+    dynamic: set = set()
+    for node in graph.nodes:
+        if node.op == "placeholder" or (
+            node.op == "call_function" and node.target not in _SHAPE_ONLY
+            and any(a in dynamic for a in node.all_input_nodes)
+        ) or node.op not in ("placeholder", "get_attr", "call_function", "output"):
+            dynamic.add(node)
+    for node in graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        known = node.target is operator.getitem or (schema is not None and not schema.is_mutable)
+        if node.op == "call_function" and not known and any(
+            a not in dynamic for a in node.all_input_nodes
+        ):
+            return 0  # an in-place op on a constant (or an op of unknown effect)
+    values: dict = {}
+    count = 0
+    for node in list(graph.nodes):
+        if node in dynamic or node.op == "output":
+            continue
+        if node.op == "get_attr":
+            values[node] = operator.attrgetter(node.target)(module)
+            continue
+        args, kwargs = torch.fx.node.map_arg(  # a shape-only op: any values of the shape
+            (node.args, node.kwargs), lambda a: values[a] if a in values else _like(a)
+        )
+        values[node] = value = node.target(*args, **kwargs)
+        if not isinstance(value, torch.Tensor) or not any(
+            u in dynamic or u.op == "output" for u in node.users
+        ):
+            continue
+        name = next(n for n in (f"_hoisted_{i}" for i in itertools.count(count))
+                    if not hasattr(module, n))
+        module.register_buffer(name, value.detach(), persistent=False)
+        with graph.inserting_before(node):
+            constant = graph.get_attr(name)
+        constant.meta["val"] = values[constant] = value
+        node.replace_all_uses_with(constant)
+        count += 1
+    if count:
+        graph.eliminate_dead_code()
+        _drop_zeros(module)
+        graph.lint()
+        module.recompile()
+    return count
+
+
+def _like(node) -> torch.Tensor:
+    """An uninitialized tensor of a node's traced shape, dtype and device."""
+    val = node.meta["val"]
+    return torch.empty(val.shape, dtype=val.dtype, device=val.device)
+
+
+def _is_zero(module: torch.fx.GraphModule, node) -> bool:
+    """Whether ``node`` is a hoisted 0-d zero."""
+    if not (_is_node(node) and node.op == "get_attr"):
+        return False
+    value = operator.attrgetter(node.target)(module)
+    return value.dim() == 0 and not value.is_complex() and float(value) == 0.0
+
+
+def _drop_zeros(module: torch.fx.GraphModule) -> None:
+    """``x + 0``, ``0 + x``, ``x - 0`` for a hoisted 0-d zero and ``x`` of the result's
+    shape and dtype, and ``-(-x)``, -> ``x``."""
+    graph = module.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.kwargs:
+            continue
+        t, args = node.target, node.args
+        if t is _aten.neg.default and _is_node(args[0]) and (
+            args[0].op == "call_function" and args[0].target is _aten.neg.default
+        ):
+            node.replace_all_uses_with(args[0].args[0])
+        elif t in (_aten.add.Tensor, _aten.sub.Tensor) and len(args) == 2:
+            keep = [i for i in ((0, 1) if t is _aten.add.Tensor else (0,))
+                    if _is_zero(module, args[1 - i]) and _shape(args[i]) == _shape(node)]
+            if keep:
+                node.replace_all_uses_with(args[keep[0]])
+    graph.eliminate_dead_code()
+
+
 def trace_log_density(
     potential: FlatPotential,
     u0: torch.Tensor,
@@ -331,7 +429,7 @@ def trace_log_density(
         if not fold:
             return graph, 0
         try:
-            return graph, fold_broadcasts(graph)
+            return graph, fold_broadcasts(graph) + hoist_constants(graph)
         except Exception:  # a graph the rewrites do not understand: keep it as traced
             return trace(False)
 

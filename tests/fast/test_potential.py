@@ -17,6 +17,7 @@ from pyrovi.fast.potential import (
     layout_from_trace,
     trace_log_density,
 )
+from pyrovi.models import eight_schools_noncentered
 from tests.fast.models import data, logistic_regression
 
 
@@ -214,6 +215,57 @@ def test_bernoulli_log_likelihood_is_two_fused_ops(likelihood):
         (expected,) = torch.autograd.grad(value, point)
         torch.testing.assert_close(torch.func.grad(graph)(u[i]), expected, rtol=1e-10,
                                    atol=1e-10)
+
+
+def _written_into(sigma, y):
+    # eight schools with the group means written into a constant buffer in place
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=sigma.dtype), 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(torch.tensor(5.0, dtype=sigma.dtype)))
+    with pyro.plate("schools", sigma.shape[0]):
+        eta = pyro.sample("eta", dist.Normal(torch.tensor(0.0, dtype=sigma.dtype), 1.0))
+    theta = torch.zeros(sigma.shape[0], dtype=sigma.dtype)
+    theta[:] = mu + tau * eta
+    with pyro.plate("obs", sigma.shape[0]):
+        pyro.sample("y", dist.Normal(theta, sigma), obs=y)
+
+
+def _depends_on_the_point(graph):
+    """The call_function nodes whose value depends on the placeholder."""
+    dynamic = set()
+    for node in graph.graph.nodes:
+        if node.op == "placeholder" or any(a in dynamic for a in node.all_input_nodes):
+            dynamic.add(node)
+    return [n for n in graph.graph.nodes if n.op == "call_function"], dynamic
+
+
+@pytest.mark.parametrize("model", [eight_schools_noncentered, _written_into])
+def test_what_does_not_depend_on_the_point_is_computed_once(model):
+    from pyrovi.datasets import eight_schools
+
+    y, sigma = eight_schools()
+    args = (sigma.double(), y.double())
+    _, layout, potential = _setup(model, args)
+    graph = trace_log_density(potential, torch.zeros(layout.dim, dtype=torch.float64))
+    calls, dynamic = _depends_on_the_point(graph)
+    constant = [n.target for n in calls if n not in dynamic]
+    if model is eight_schools_noncentered:
+        # log(scale), scale ** 2 of the priors and the likelihood, the data's copies, the
+        # zeros of the identity Jacobians: hoisted; what is left reads the point
+        assert constant == []
+        aten = torch.ops.aten
+        assert aten.zeros_like.default not in [n.target for n in calls]
+    else:  # an in-place write into a constant (which vmap refuses): nothing is hoisted
+        assert torch.ops.aten.zeros.default in constant
+    u = torch.randn(5, layout.dim, generator=torch.Generator().manual_seed(3),
+                    dtype=torch.float64)
+    for i in range(5):
+        point = u[i].clone().requires_grad_()
+        value = _log_joint(model, args, layout.unpack(point), True)
+        (expected,) = torch.autograd.grad(value, point)
+        traced = graph(point)
+        torch.testing.assert_close(traced.detach(), value.detach(), rtol=1e-12, atol=1e-10)
+        (grad,) = torch.autograd.grad(traced, point)
+        torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-10)
 
 
 def _doubling(graph):
