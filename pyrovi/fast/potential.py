@@ -307,7 +307,8 @@ def hoist_constants(module: torch.fx.GraphModule) -> int:
     copies of the model's constants, and the zeros of identity Jacobians; under
     :func:`torch.vmap` each is an op dispatch per call.  The frontier of that constant part
     (values that a point-dependent op reads) becomes graph constants, and sums of zeros
-    then drop out.  Nothing is hoisted when an in-place op writes into a constant.
+    then drop out.  Random draws stay in the graph, and nothing is hoisted when an in-place
+    op writes into a constant.
     """
     graph = module.graph
     dynamic: set = set()
@@ -315,7 +316,9 @@ def hoist_constants(module: torch.fx.GraphModule) -> int:
         if node.op == "placeholder" or (
             node.op == "call_function" and node.target not in _SHAPE_ONLY
             and any(a in dynamic for a in node.all_input_nodes)
-        ) or node.op not in ("placeholder", "get_attr", "call_function", "output"):
+        ) or node.op not in ("placeholder", "get_attr", "call_function", "output") or (
+            torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
+        ):  # random draws are drawn anew at every call
             dynamic.add(node)
     for node in graph.nodes:
         schema = getattr(node.target, "_schema", None)
