@@ -142,7 +142,7 @@ def lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20, on_iter
     trace = [-v for v in values[1:]]
     if flat:
         return Run(x, value, gnorm, iters, True, (
-            f"converged by the objective's change (< {ftol:.1g} relative or {gain_tol:.1g} "
+            f"converged by the objective's change (< {ftol:.2g} relative or {gain_tol:.2g} "
             f"over {ftol_window} iterations) with max|grad| = {gnorm:.3g} > tol: the optimum "
             "is approached only in a limit (for lowrank, typically a scale -> 0 with its "
             "factor row -> infinity)"
