@@ -41,6 +41,23 @@ def _log_joint(model, args, values, jacobian):
     return conditioned.log_prob_sum() + (logdet if jacobian else 0.0)
 
 
+def _assert_log_joint(graph, model, args, layout, u, rtol, atol, batched=True):
+    """The graph's value and gradient at each row of ``u`` (batched with vmap, or one point
+    at a time) are Pyro's log joint's, Jacobians included."""
+    values = torch.vmap(graph)(u) if batched else None
+    for i in range(u.shape[0]):
+        point = u[i].clone().requires_grad_()
+        value = _log_joint(model, args, layout.unpack(point), True)
+        (expected,) = torch.autograd.grad(value, point)
+        if batched:
+            traced, grad = values[i], torch.func.grad(graph)(u[i])
+        else:
+            traced = graph(point)
+            (grad,) = torch.autograd.grad(traced, point)
+        torch.testing.assert_close(traced.detach(), value.detach(), rtol=rtol, atol=atol)
+        torch.testing.assert_close(grad, expected, rtol=rtol, atol=atol)
+
+
 def test_layout_is_the_autoguide_latent_layout():
     args = data("logistic_regression")
     guide, layout, _ = _setup(logistic_regression, args)
@@ -166,13 +183,7 @@ def test_broadcast_parameters_are_computed_once(keepdim):
     assert aten.neg.default not in per_obs and aten.index.Tensor not in per_obs
     assert per_obs.count(aten.pow.Tensor_Scalar) == 1  # (y - mean) ** 2
     u = torch.randn(5, layout.dim, generator=g)
-    batched = torch.vmap(graph)(u)
-    for i in range(5):
-        point = u[i].clone().requires_grad_()
-        value = _log_joint(_varying_intercepts, args, layout.unpack(point), True)
-        torch.testing.assert_close(batched[i], value.detach(), rtol=1e-5, atol=1e-4)
-        (expected,) = torch.autograd.grad(value, point)
-        torch.testing.assert_close(torch.func.grad(graph)(u[i]), expected, rtol=1e-5, atol=1e-4)
+    _assert_log_joint(graph, _varying_intercepts, args, layout, u, 1e-5, 1e-4)
 
 
 def _binary_outcomes(X, y, likelihood):
@@ -207,14 +218,7 @@ def test_bernoulli_log_likelihood_is_two_fused_ops(likelihood):
     assert aten.binary_cross_entropy_with_logits.default not in targets
     assert targets.count(aten.log_sigmoid.default) == 1
     u = torch.randn(5, layout.dim, generator=g, dtype=torch.float64) * 2.0
-    batched = torch.vmap(graph)(u)
-    for i in range(5):
-        point = u[i].clone().requires_grad_()
-        value = _log_joint(_binary_outcomes, args, layout.unpack(point), True)
-        torch.testing.assert_close(batched[i], value.detach(), rtol=1e-12, atol=1e-10)
-        (expected,) = torch.autograd.grad(value, point)
-        torch.testing.assert_close(torch.func.grad(graph)(u[i]), expected, rtol=1e-10,
-                                   atol=1e-10)
+    _assert_log_joint(graph, _binary_outcomes, args, layout, u, 1e-10, 1e-10)
 
 
 def _written_into(sigma, y):
@@ -258,14 +262,7 @@ def test_what_does_not_depend_on_the_point_is_computed_once(model):
         assert torch.ops.aten.zeros.default in constant
     u = torch.randn(5, layout.dim, generator=torch.Generator().manual_seed(3),
                     dtype=torch.float64)
-    for i in range(5):
-        point = u[i].clone().requires_grad_()
-        value = _log_joint(model, args, layout.unpack(point), True)
-        (expected,) = torch.autograd.grad(value, point)
-        traced = graph(point)
-        torch.testing.assert_close(traced.detach(), value.detach(), rtol=1e-12, atol=1e-10)
-        (grad,) = torch.autograd.grad(traced, point)
-        torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-10)
+    _assert_log_joint(graph, model, args, layout, u, 1e-10, 1e-10, batched=False)
 
 
 def _doubling(graph):
