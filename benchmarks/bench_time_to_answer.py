@@ -35,16 +35,15 @@ optimum is found once by a long DADVI run with 4,096 fixed draws (to a relative 
 ``gap`` is optimum minus fit (paired draws, so its noise is far below the ELBO's own
 standard error; a small negative gap is that noise).  ``x VI`` is wall time over the
 default ``pyrovi.VI``'s, ``x numpyro`` over NumPyro's.  Each library is warmed up once on a
-tiny problem first (imports, first-call costs).  The ``VI`` and ``numpyro`` cells, whose
-ratio is the comparison, are the median of ``--repeat`` timed runs from scratch (default 3;
-both are deterministic for a seed, so the runs give the same fit): a single run on a shared
-machine was seen 2x off its neighbours.  Before each timed NumPyro run, JAX's caches are
-cleared and the tiny warm-up fit of the same family is run again (untimed), so that every
-timed run is the first fit of its model after the warm-up, as in a single run: a later run
-of the same model in the process reuses the compiled program (breast-cancer meanfield
-9.3 s, then 2.3 s).  pyrovi keeps no compiled graphs across fits.  The slower Pyro and
-``VI sgd`` cells are one run.
-torch and XLA run on 1 thread.
+tiny problem first (imports, first-call costs).  The ``VI`` cells are the median of
+``--repeat`` timed runs from scratch (default 3; the fit is deterministic for a seed, and
+pyrovi keeps no traced graphs across fits, so every run traces the model anew): a single
+run on a shared machine was seen 2x off its neighbours.  The NumPyro, Pyro and
+``VI sgd`` cells are one run, the first of that model and family in the process: a later
+NumPyro run reuses the compiled program (breast-cancer meanfield 9.3 s, then 2.3 s), and
+one after clearing JAX's caches took up to 4x the single run's time (eight-schools lowrank
+8.7 s against 2.2 s), so the single run after the warm-up is the peer's most favourable
+cold time measured here.  torch and XLA run on 1 thread.
 
 Usage::
 
@@ -284,7 +283,7 @@ def numpyro_models():
     return {"linreg": linreg, "schools": schools, "logistic": logistic, "radon": radon_np}
 
 
-def run_numpyro(name, args, family, layout, steps, cold=True):
+def run_numpyro(name, args, family, layout, steps):
     import jax
     import numpy as np
     from numpyro.infer import SVI as NSVI
@@ -296,11 +295,6 @@ def run_numpyro(name, args, family, layout, steps, cold=True):
     jargs = tuple(jax.numpy.asarray(a.numpy(), dtype="int32" if not a.is_floating_point()
                                     else "float32")
                   for a in args if isinstance(a, torch.Tensor))
-    if cold:  # the first fit of this model after the warm-up (see the module docstring)
-        jax.clear_caches()
-        x = torch.randn(20, 2, dtype=F64)
-        _, tiny = model_log_density(models.linear_regression, (x, x.sum(-1)))
-        run_numpyro("linreg", (x, x.sum(-1)), family, tiny, 10, cold=False)
     t = time.perf_counter()
     guide = {"meanfield": nauto.AutoNormal, "lowrank": nauto.AutoLowRankMultivariateNormal,
              "fullrank": nauto.AutoMultivariateNormal}[family](model)
@@ -344,7 +338,7 @@ def warm_up(numpyro_ok: bool, skip_sgd: bool) -> None:
         run_pyrovi(models.linear_regression, (x, y), family, layout)
         run_pyro(models.linear_regression, (x, y), family, layout, 10)
         if numpyro_ok:
-            run_numpyro("linreg", (x, y), family, layout, 10, cold=False)
+            run_numpyro("linreg", (x, y), family, layout, 10)
     if not skip_sgd:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -370,7 +364,7 @@ def main(argv=None) -> None:
                         help='the problems that also run pyrovi.VI(method="sgd")')
     parser.add_argument("--eval-draws", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3,
-                        help="timed runs of VI and NumPyro per cell (the median is shown)")
+                        help="timed runs of VI per cell (the median is shown)")
     parser.add_argument("--all", action="store_true",
                         help="also the (problem, family) pairs of SKIP: " + ", ".join(
                             f"{p}/{f}" for p, f in sorted(SKIP)))
@@ -420,8 +414,7 @@ def main(argv=None) -> None:
                 rows.append(("VI sgd", *run_pyrovi(model, args, family, layout, "sgd")))
             rows.append(("pyro", *run_pyro(model, args, family, layout, opts.steps)))
             if numpyro_ok and npname is not None:
-                rows.append(("numpyro", *timed(opts.repeat, run_numpyro, npname, args, family,
-                                               layout, opts.steps)))
+                rows.append(("numpyro", *run_numpyro(npname, args, family, layout, opts.steps)))
             base = rows[0][2]
             peer = rows[-1][2] if rows[-1][0] == "numpyro" else float("nan")
             for method, q, wall, note in rows:
