@@ -41,9 +41,9 @@ pyrovi keeps no traced graphs across fits, so every run traces the model anew): 
 run on a shared machine was seen 2x off its neighbours.  The NumPyro, Pyro and
 ``VI sgd`` cells are one run, the first of that model and family in the process: a later
 NumPyro run reuses the compiled program (breast-cancer meanfield 9.3 s, then 2.3 s), and
-one after clearing JAX's caches took up to 4x the single run's time (eight-schools lowrank
-8.7 s against 2.2 s), so the single run after the warm-up is the peer's most favourable
-cold time measured here.  torch and XLA run on 1 thread.
+one after clearing JAX's caches took up to 4x a single run's time (eight-schools lowrank
+8.7 s, where the previous single-run table had 2.2 s), so the single run after the
+warm-up is the peer's most favourable cold time measured here.  torch and XLA run on 1 thread.
 
 Usage::
 
