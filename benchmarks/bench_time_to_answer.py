@@ -31,7 +31,13 @@ Every fit is scored by ONE evaluator: the family's ELBO (nats) at the fit's para
 the same ``--eval-draws`` fresh standard-normal draws (common random numbers, float64),
 computed from pyrovi's traced log density as the mean of log p - log q.  The family's
 optimum is found once by a long DADVI run with 4,096 fixed draws (to a relative change of
-1e-10 over 10 iterations, started from the default fit) and scored the same way;
+1e-10 over 10 iterations, started from the default fit) and scored the same way.  The
+lowrank ELBO has local optima (which K coordinates get a full covariance block; on the
+diabetes regression, a Gaussian posterior, the exact KL(q || p) of 40 random starts ends at
+0.557, 0.602, 0.609, 0.611 or 0.706 nats, and of eight default fits, four end within 0.002
+of 0.557 and four at 0.603-0.622): its reference starts from the best of the default fit
+and ``--lowrank-starts`` - 1 DADVI fits with other seeds, and the optimum is the best of
+that run and those fits;
 ``gap`` is optimum minus fit (paired draws, so its noise is far below the ELBO's own
 standard error; a small negative gap is that noise).  ``x VI`` is wall time over the
 default ``pyrovi.VI``'s, ``x numpyro`` over NumPyro's.  Each library is warmed up once on a
@@ -363,6 +369,9 @@ def main(argv=None) -> None:
     parser.add_argument("--sgd-problems", default=",".join(SGD_PROBLEMS),
                         help='the problems that also run pyrovi.VI(method="sgd")')
     parser.add_argument("--eval-draws", type=int, default=10_000)
+    parser.add_argument("--lowrank-starts", type=int, default=8,
+                        help="DADVI fits (seeds 0, 1, ...) whose best starts the lowrank "
+                             "reference (its ELBO has local optima)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="timed runs of VI per cell (the median is shown)")
     parser.add_argument("--all", action="store_true",
@@ -406,10 +415,18 @@ def main(argv=None) -> None:
             # the reference: a long DADVI run with 4,096 draws to a tight relative change,
             # started from the default fit (the lowrank optimum is a limit, which a cold
             # start stops short of; where the optimum is a point, the start does not matter)
+            # or, for lowrank, from the best of it and other seeds' fits (local optima)
+            starts = [rows[0][1]]
+            if family == "lowrank":
+                starts += [fit_dadvi(log_density, dim, family, rank=rank, seed=s).params
+                           for s in range(1, opts.lowrank_starts)]
+            scores = [score(q)[0] for q in starts]
+            top = max(range(len(starts)), key=scores.__getitem__)
             best = fit_dadvi(log_density, dim, family, rank=rank or None, num_draws=4096,
                              max_draws=4096, num_fresh=0, seed=1, max_iters=1000, ftol=1e-10,
-                             gain_tol=0, init=rows[0][1])
+                             gain_tol=0, init=starts[top])
             opt_elbo, opt_se = score(best.params)
+            opt_elbo = max(opt_elbo, scores[top])
             if pname in sgd_problems:
                 rows.append(("VI sgd", *run_pyrovi(model, args, family, layout, "sgd")))
             rows.append(("pyro", *run_pyro(model, args, family, layout, opts.steps)))
@@ -422,8 +439,11 @@ def main(argv=None) -> None:
                 elbo, _ = score(q)
                 print(f"| {pname} | {dim} | {family} | {method} | {wall:.2f} | {wall / base:.1f} "
                       f"| {wall / peer:.2f} | {elbo:.3f} | {opt_elbo - elbo:.3f} | {note} |")
+            spread = (f"; {len(starts)} starts' fits {min(scores) - opt_elbo:.3f} to "
+                      f"{max(scores) - opt_elbo:.3f}, the default's {scores[0] - opt_elbo:.3f}"
+                      if len(starts) > 1 else "")
             print(f"| {pname} | {dim} | {family} | optimum | | | | {opt_elbo:.3f} | 0 | DADVI "
-                  f"M=4096, {best.num_iters} iterations, ELBO se {opt_se:.3f} |")
+                  f"M=4096, {best.num_iters} iterations, ELBO se {opt_se:.3f}{spread} |")
             sys.stdout.flush()
     pairs = [(f, m) for (p, f, m) in walls if p == "logreg@" and ("logreg", f, m) in walls]
     if pairs:
