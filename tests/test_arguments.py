@@ -24,6 +24,8 @@ from tests.vi import models
         ({"progress": "no"}, TypeError, r"progress must be True or False, got str 'no'"),
         ({"seed": 2**63}, ValueError, r"seed must be an int in \[0, 2\*\*63\)"),
         ({"seed": 2**70}, ValueError, r"seed must be an int in \[0, 2\*\*63\)"),
+        ({"num_inits": 0}, ValueError, r"num_inits must be a positive int, got 0"),
+        ({"seed": 2**63 - 1, "num_inits": 2}, ValueError, r"seed must leave room for"),
         ({"optim": lambda params: 3}, TypeError, r"optim\(\[param\]\) returned int 3, not a"),
         ({"optim": lambda params: torch.optim.Adam}, TypeError, r"returned type .*not a"),
         ({"optim": dict}, TypeError, r"optim must be None .*got the class dict"),

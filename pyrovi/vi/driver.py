@@ -8,8 +8,10 @@ in Pyro's ELBOs (:mod:`pyrovi.vi.objective`) and, for the compiled path and DADV
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import time
 from collections.abc import Callable
 
 import torch
@@ -18,6 +20,7 @@ from pyro.infer import config_enumerate
 from pyrovi._model import model_name
 from pyrovi._run import RunState
 from pyrovi._runtime import (
+    MAX_SEED,
     check_bool,
     check_device,
     check_optim,
@@ -31,7 +34,7 @@ from pyrovi._runtime import (
     warn,
 )
 from pyrovi.checkpoint import Checkpoint, check_checkpoint_path, check_compatible, fingerprint
-from pyrovi.errors import FallbackWarning
+from pyrovi.errors import FallbackWarning, FitError, InterruptedFitWarning
 from pyrovi.guides import GuideSpec, build_guide, parse_guide
 from pyrovi.vi.checks import check_model, check_user_guide
 from pyrovi.vi.convergence import PlateauRule
@@ -77,6 +80,16 @@ class VI:
         pyrovi checks every site and falls back to a loop, with a warning, when they do not.
     seed : int, optional
         Seed of the fit; the same seed gives the same result on the same machine.
+    num_inits : int
+        Number of restarts (default 1), as for :class:`pyrovi.EM`: restart ``i`` is seeded
+        with ``seed + i`` (its initial q and, for DADVI, its fixed draws) and the one with
+        the highest final ``elbo`` is kept (``result.best_init``; every restart's ``elbo``
+        in ``result.elbo_inits``; ``wall_time`` covers them all).  For families whose ELBO
+        has local optima, as ``lowrank``'s has (see the guide's page on families).  While
+        another restart completes, a restart that fails (:class:`~pyrovi.FitError`,
+        :class:`~pyrovi.NonFiniteError`) is dropped with a
+        :class:`~pyrovi.FallbackWarning` and a note; Ctrl-C ends the restarts and returns
+        the best so far.  Not with ``checkpoint=``, which holds one run.
     progress : bool
         Show progress on the terminal (default True): a bar with the steps so far, the
         running ELBO with its Monte Carlo error and the convergence rule's stage (step-size
@@ -160,6 +173,7 @@ class VI:
         num_particles: int = 8,
         vectorize_particles: bool = True,
         seed: int | None = None,
+        num_inits: int = 1,
         progress: bool = True,
         tol: float = 1e-4,
         device: str | torch.device | None = None,
@@ -192,8 +206,14 @@ class VI:
                 f"vectorize_particles must be True or False, got {vectorize_particles!r}"
             )
         self.vectorize_particles = vectorize_particles
+        self.num_inits = check_positive("num_inits", num_inits, integer=True)
         if seed is not None:
             resolve_seed(seed)
+            if seed + num_inits > MAX_SEED:
+                raise ValueError(
+                    f"seed must leave room for num_inits={num_inits} restarts (seed + i < "
+                    f"2**63), got {seed!r}"
+                )
         self.seed = seed
         self.progress = check_bool("progress", progress)
         if tol is None or (
@@ -231,6 +251,12 @@ class VI:
             raise ValueError(f"max_skips must be an int >= 0, got {max_skips!r}")
         self.max_skips = max_skips
         custom = self.guide_spec.is_user_guide
+        if checkpoint is not None and num_inits > 1:
+            raise ValueError(
+                f"checkpoint= holds one run, but num_inits={num_inits} asks for "
+                f"{num_inits} restarts; pass num_inits=1 with checkpoint=, or drop "
+                "checkpoint= to run the restarts"
+            )
         self.checkpoint = check_checkpoint_path(
             checkpoint, model, guide if custom else None, overwrite=overwrite,
             config=self.config,
@@ -240,7 +266,8 @@ class VI:
     def __repr__(self) -> str:
         return (
             f"VI(model={model_name(self.model)}, guide={self.guide_spec.name!r}, "
-            f"num_steps={self.num_steps}, lr={self.lr}, num_particles={self.num_particles})"
+            f"num_steps={self.num_steps}, lr={self.lr}, num_particles={self.num_particles}"
+            + (f", num_inits={self.num_inits}" if self.num_inits > 1 else "") + ")"
         )
 
     # ---------------------------------------------------------------------------- run
@@ -292,6 +319,64 @@ class VI:
             args, kwargs = source.next()  # the first batch sets the model up
             source.restart()  # training steps start on a pass boundary
         seed = resolve_seed(self.seed)
+        if self.num_inits == 1:
+            return self._run_once(seed, device, args, kwargs, source)
+        return self._run_restarts(seed, device, args, kwargs, source)
+
+    def _run_restarts(self, seed, device, args, kwargs, source) -> VIResult:
+        """``num_inits`` runs seeded ``seed + i``; the one with the highest final ELBO,
+        with every run's ELBO (``elbo_inits``) and the whole wall time."""
+        start = time.perf_counter()
+        results: list[VIResult | None] = []
+        dropped: list[str] = []
+        interrupted = False
+        for i in range(self.num_inits):
+            if source is not None and i > 0:  # every restart starts on the first batch
+                args, kwargs = source.next()
+                source.restart()
+            restart = f"restart {i + 1}/{self.num_inits}"
+            try:
+                result = self._run_once(seed + i, device, args, kwargs, source, restart)
+            except FitError as err:  # NonFiniteError included
+                if i + 1 == self.num_inits and all(r is None for r in results):
+                    raise  # every restart failed: this one's error, with its err.result
+                results.append(None)
+                why = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+                dropped.append(f"restart {i + 1} (seed {seed + i}) failed and was dropped: "
+                               f"{why}")
+                more = "; the restarts go on" if i + 1 < self.num_inits else ""
+                warn(f"VI {restart} failed ({why}); it is dropped{more}", FallbackWarning)
+                continue
+            except KeyboardInterrupt:  # between two fits' own handlers: keep the runs done
+                if all(r is None for r in results):
+                    raise
+                warn(f"VI was interrupted in {restart}; returning the best restart so far",
+                     InterruptedFitWarning)
+                interrupted = True
+                dropped.append(f"interrupted (Ctrl-C) in restart {i + 1}/{self.num_inits}: "
+                               "the restarts after it were not run")
+                break
+            results.append(result)
+            if result.interrupted:
+                interrupted = True
+                dropped.append(f"interrupted (Ctrl-C) in restart {i + 1}/{self.num_inits}: "
+                               "the restarts after it were not run")
+                break
+        done = [(i, r) for i, r in enumerate(results) if r is not None]
+        elbos = tuple(math.nan if r is None else r.elbo for r in results)
+        best, result = max(done, key=lambda ir: ir[1].elbo if math.isfinite(ir[1].elbo)
+                           else -math.inf)
+        notes = (*result.notes, *dropped, (
+            f"best of {len(results)} restarts (seeds {seed}..{seed + len(results) - 1}): "
+            f"#{best + 1}, seed {seed + best}; final ELBOs "
+            + ", ".join(f"{e:.4f}" for e in elbos)
+        ))
+        return dataclasses.replace(result, best_init=best, elbo_inits=elbos, notes=notes,
+                                   interrupted=interrupted or result.interrupted,
+                                   wall_time=time.perf_counter() - start)
+
+    def _run_once(self, seed, device, args, kwargs, source, restart: str = "") -> VIResult:
+        """One fit from ``seed`` (the whole of :meth:`run` when ``num_inits == 1``)."""
         run = RunState(seed=seed, device=device, checkpoint=self.checkpoint)
         with fit_context(seed, device):
             info = traced_model(self.model, args, kwargs)
@@ -345,5 +430,7 @@ class VI:
                 run=run,
                 resume_from=self._resume[0] if self._resume else None,
                 batches=source,
+                restart=restart,
             )
-            return fit.train()
+            result = fit.train()
+        return dataclasses.replace(result, elbo_inits=(result.elbo,))

@@ -95,6 +95,9 @@ class Fit:
     batches : Batches or None
         Minibatch VI: each step's model arguments (``args``, ``kwargs`` are the first
         batch's).
+    restart : str
+        Which restart this is, for the progress display (``"restart 2/3"``; empty for a
+        single run).
     """
 
     vi: object
@@ -109,6 +112,7 @@ class Fit:
     resume_from: Checkpoint | None = None
     display: Progress | None = None
     batches: Batches | None = None
+    restart: str = ""
 
     # ------------------------------------------------------------------- the result
     def _result(
@@ -401,7 +405,8 @@ class Fit:
         ran out; return the final result.  The progress display ends with a line that
         carries the result's numbers (or is closed on an error)."""
         # under a torch.distributed group only rank 0 shows progress
-        self.display = Progress(f"VI {self.vi.guide_spec.name}",
+        title = f"VI {self.vi.guide_spec.name}" + (f" ({self.restart})" if self.restart else "")
+        self.display = Progress(title,
                                 enabled=self.vi.progress and distributed.rank() == 0)
         try:
             return self._train()

@@ -103,6 +103,11 @@ class VIResult(FitResult):
         :func:`pyrovi.fast.dadvi.fit_dadvi` found (the fixed draws ``M``, the iterations,
         the fresh-draw check, the fitted coordinates); see
         :meth:`linear_response_covariance`.  None otherwise.
+    best_init : int
+        Index of the kept restart (``0`` when ``num_inits == 1``); ``seed`` is its seed.
+    elbo_inits : tuple of float
+        The final ``elbo`` of every restart run (one value when ``num_inits == 1``; NaN
+        for a restart that failed and was dropped).
     """
 
     kind: ClassVar[str] = "vi"
@@ -134,11 +139,16 @@ class VIResult(FitResult):
     num_skipped: int = 0
     interrupted: bool = False
     dadvi: object = dataclasses.field(default=None, repr=False)
+    best_init: int = 0
+    elbo_inits: tuple = ()
 
     def __repr__(self) -> str:
+        inits = f", best_init={self.best_init} of {len(self.elbo_inits)}" if len(
+            self.elbo_inits) > 1 else ""
         return (
             f"VIResult(family={self.family!r}, elbo={self.elbo:.4f} ± {self.elbo_se:.4f}, "
-            f"num_steps={self.num_steps}, converged={self.converged}, backend={self.backend!r})"
+            f"num_steps={self.num_steps}, converged={self.converged}{inits}, "
+            f"backend={self.backend!r})"
         )
 
     # ------------------------------------------------------------------ the protocol

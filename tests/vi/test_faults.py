@@ -168,3 +168,58 @@ def test_guide_outside_the_model_support_is_refused_naming_the_site():
     y = torch.randn(10, dtype=torch.float64)
     with pytest.raises(ModelError, match=r"site 'sigma': guide 'real_valued_guide' samples from Normal with support Real\(\), but the model's HalfNormal has support GreaterThanEq"):
         pyrovi.VI(scale_model, real_valued_guide, **FAST).run(y)
+
+
+# ------------------------------------------------------------------- restarts (num_inits)
+class FaultyAtCall(Faulty):
+    """``Faulty`` counting calls over every restart: the fault comes at call ``at_call``."""
+
+    def __init__(self, fault, at_call):
+        super().__init__(fault, at_call - CALLS_BEFORE_TRAINING)
+
+
+def _calls_per_run(y):
+    counter = Faulty(None, -10**9)  # never
+    pyrovi.VI(counter, **FAST).run(y)
+    return counter.calls
+
+
+def test_a_failing_restart_is_dropped_with_a_warning_and_a_note():
+    y = models.normal_normal_data()
+    model = FaultyAtCall(RuntimeError("disk cable pulled"),
+                         _calls_per_run(y) + CALLS_BEFORE_TRAINING + 30)  # restart 2, step 30
+    with pytest.warns(pyrovi.FallbackWarning, match=r"VI restart 2/3 failed \(FitError: .*"
+                      r"raised RuntimeError at step 30: disk cable pulled\); it is dropped; the restarts go on"):
+        result = pyrovi.VI(model, num_inits=3, **FAST).run(y)
+    singles = [pyrovi.VI(models.normal_normal, **{**FAST, "seed": s}).run(y) for s in (0, 2)]
+    assert math.isnan(result.elbo_inits[1])
+    assert (result.elbo_inits[0], result.elbo_inits[2]) == (singles[0].elbo, singles[1].elbo)
+    assert result.best_init == (0 if singles[0].elbo >= singles[1].elbo else 2)
+    assert any(n.startswith("restart 2 (seed 1) failed and was dropped: FitError")
+               for n in result.notes)
+    assert not result.interrupted
+
+
+def test_when_every_restart_fails_the_last_error_is_raised():
+    y = models.normal_normal_data()
+
+    class Always(Faulty):  # every restart fails at its step 30
+        def __call__(self, y):
+            self.calls %= CALLS_BEFORE_TRAINING + 30 + 1
+            return super().__call__(y)
+
+    with pytest.warns(pyrovi.FallbackWarning, match=r"VI restart 1/2 failed"), pytest.raises(
+            FitError, match=r"raised RuntimeError at step 30: disk cable pulled"):
+        pyrovi.VI(Always(RuntimeError("disk cable pulled"), 30), num_inits=2, **FAST).run(y)
+
+
+def test_ctrl_c_ends_the_restarts_and_returns_the_best_so_far():
+    y = models.normal_normal_data()
+    model = FaultyAtCall(KeyboardInterrupt(), _calls_per_run(y) + CALLS_BEFORE_TRAINING + 40)
+    with pytest.warns(InterruptedFitWarning, match=r"interrupted after 40 steps"):
+        result = pyrovi.VI(model, num_inits=3, **FAST).run(y)
+    assert result.interrupted and len(result.elbo_inits) == 2  # restart 3 never ran
+    first = pyrovi.VI(models.normal_normal, **FAST).run(y)
+    assert result.elbo_inits[0] == first.elbo
+    assert result.best_init == max(range(2), key=lambda i: result.elbo_inits[i])
+    assert "interrupted (Ctrl-C) in restart 2/3: the restarts after it were not run" in result.notes
