@@ -126,6 +126,18 @@ def test_dadvi_shows_its_iterations_and_checks_and_ends_on_the_results_numbers(c
     assert f"(DADVI, M = {m_draws} fixed draws, fresh-draw check passed)" in line
 
 
+def test_restarts_are_named_and_the_run_ends_on_the_kept_ones_numbers(capsys):
+    X, y = models.regression_data()
+    res = pyrovi.VI(models.regression, "lowrank", seed=4, num_inits=2, progress=True).run(X, y)
+    lines = _lines(capsys.readouterr().err)
+    for i in (1, 2):  # each restart's own final line, under its name
+        assert any(FINAL_VI.match(line.replace(f" (restart {i}/2)", "", 1))
+                   for line in lines if line.startswith(f"VI lowrank (restart {i}/2): "))
+    elbo = format_estimate(res.elbo, res.elbo_se)
+    assert lines[-1] == (f"VI lowrank: kept restart {res.best_init + 1} of 2 (seed "
+                         f"{4 + res.best_init}), ELBO {elbo}, {res.wall_time:.1f} s")
+
+
 def test_dadvi_refuses_tol_zero():
     with pytest.raises(ValueError, match=r"tol=0 asks for exactly num_steps stochastic-gradient "
                                          r"steps, but method='dadvi' stops at its own gradient"):

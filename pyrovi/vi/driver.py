@@ -17,7 +17,9 @@ from collections.abc import Callable
 import torch
 from pyro.infer import config_enumerate
 
+from pyrovi import distributed
 from pyrovi._model import model_name
+from pyrovi._progress import Progress, format_estimate
 from pyrovi._run import RunState
 from pyrovi._runtime import (
     MAX_SEED,
@@ -371,9 +373,14 @@ class VI:
             f"#{best + 1}, seed {seed + best}; final ELBOs "
             + ", ".join(f"{e:.4f}" for e in elbos)
         ))
+        wall = time.perf_counter() - start
+        Progress(f"VI {self.guide_spec.name}", enabled=self.progress
+                 and distributed.rank() == 0).finish(
+            f"kept restart {best + 1} of {len(results)} (seed {seed + best}), ELBO "
+            f"{format_estimate(result.elbo, result.elbo_se)}", wall)
         return dataclasses.replace(result, best_init=best, elbo_inits=elbos, notes=notes,
                                    interrupted=interrupted or result.interrupted,
-                                   wall_time=time.perf_counter() - start)
+                                   wall_time=wall)
 
     def _run_once(self, seed, device, args, kwargs, source, restart: str = "") -> VIResult:
         """One fit from ``seed`` (the whole of :meth:`run` when ``num_inits == 1``)."""
