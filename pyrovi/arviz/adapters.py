@@ -164,6 +164,8 @@ class VIAdapter(ResultAdapter):
             "backend": r.backend,
             "enumerated_sites": list(r.enumerated_sites),
             "notes": list(r.notes),
+            "best_init": int(r.best_init),
+            "elbo_inits": [float(e) for e in r.elbo_inits],
             "wall_time": float(r.wall_time),
         }
 

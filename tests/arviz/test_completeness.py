@@ -268,6 +268,23 @@ def test_attributes_are_plain_values_in_memory():
                    for g in groups for v in idata[g].attrs.values())
 
 
+def test_restarts_are_in_the_trace_attributes_as_for_em(tmp_path):
+    def model(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(z, 1.0), obs=x)
+
+    fit = pyrovi.VI(model, seed=0, num_inits=3, progress=False).run(torch.arange(4.0))
+    idata = to_arviz(fit, 8)
+    attrs = idata.vi_trace.attrs
+    assert attrs["best_init"] == fit.best_init and attrs["elbo_inits"] == list(fit.elbo_inits)
+    assert attrs["elbo"] == max(attrs["elbo_inits"])
+    path = tmp_path / "restarts.nc"
+    pyrovi.save_netcdf(idata, path)
+    back = decode_attrs(pyrovi.load_netcdf(path).vi_trace.attrs)
+    assert back["elbo_inits"] == list(fit.elbo_inits) and back["best_init"] == fit.best_init
+
+
 def test_a_string_with_the_prefix_round_trips_unaltered(tmp_path):
     text = JSON_PREFIX + "true"
     attrs = {"text": text, "other": "pyrovi-json:{not json", "plain": "x"}
