@@ -87,7 +87,11 @@ class VI:
         with ``seed + i`` (its initial q and, for DADVI, its fixed draws) and the one with
         the highest final ``elbo`` is kept (``result.best_init``; every restart's ``elbo``
         in ``result.elbo_inits``; ``wall_time`` covers them all).  For families whose ELBO
-        has local optima, as ``lowrank``'s has (see the guide's page on families).  While
+        has local optima, as ``lowrank``'s has (see the guide's page on families).  DADVI
+        restarts start their fresh-draw check at 16,000 draws (``elbo_particles`` if more),
+        so that the ELBOs that choose among them are resolved to about 0.01 nats;
+        stochastic-gradient restarts are compared on their final ELBO from
+        ``elbo_particles`` draws (raise it to compare them finer).  While
         another restart completes, a restart that fails (:class:`~pyrovi.FitError`,
         :class:`~pyrovi.NonFiniteError`) is dropped with a
         :class:`~pyrovi.FallbackWarning` and a note; Ctrl-C ends the restarts and returns
@@ -114,7 +118,8 @@ class VI:
         Steps per convergence window (default 100).
     elbo_particles : int
         Draws behind the final ELBO estimate (default 1,000); for DADVI, the first batch of
-        its fresh-draw check (at least 1,000, grown until the check is settled).
+        its fresh-draw check (at least 1,000, or 16,000 with ``num_inits > 1``; grown until
+        the check is settled).
     clip_norm : float or None
         Gradient-norm clipping threshold (default 100); with Adam a uniform rescaling of the
         gradient barely changes the step, so this only tames rare huge gradients.
