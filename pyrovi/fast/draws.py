@@ -187,6 +187,7 @@ def elbo_fresh(
     eps: torch.Tensor | None = None,
     chunk: int = 1000,
     dtype: torch.dtype | None = None,
+    control_draws: torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """The ELBO of q on independent draws and its standard error, ``(elbo, se)``.
 
@@ -196,7 +197,12 @@ def elbo_fresh(
     the fresh-draw check to resolve a few hundredths of a nat.
 
     ``eps`` (``(N, noise_dim)``) gives the draws explicitly (common random numbers across
-    fits); otherwise ``num_draws`` iid draws from ``generator``.
+    fits); otherwise ``num_draws`` iid draws from ``generator``.  ``control_draws``
+    (``(n, noise_dim)``, independent of ``eps``): subtract the quadratic control variate
+    that :func:`control_variate` takes from them, and add back its exact mean, as the
+    fresh-draw check does; still unbiased, with a standard error several times smaller
+    where q is far from the posterior.  The standard error treats the draws as
+    independent (for antithetic pairs it is an upper bound).
     """
     fam = gaussian_math_of_q(family, q)
     work = q.loc.dtype
@@ -204,8 +210,11 @@ def elbo_fresh(
     if eps is None:
         gen = generator or torch.Generator().manual_seed(0)
         eps = raw_normals(num_draws, fam.noise_dim(q.loc.shape[-1]), gen, work, q.loc.device)
-    lw = _log_ratios(log_density, fam, q, eps, chunk, dtype)
+    control = None if control_draws is None else control_variate(
+        log_density, fam, q, control_draws.to(q.loc.device, work), dtype)
+    lw = _log_ratios(log_density, fam, q, eps, chunk, dtype, control)
     n = lw.shape[0]
     if not torch.isfinite(lw).all():
         return float("-inf") if bool((lw == -math.inf).any()) else float("nan"), float("inf")
-    return float(lw.mean()), float(lw.std() / math.sqrt(n)) if n > 1 else float("inf")
+    offset = 0.0 if control is None else control.mean
+    return float(lw.mean()) + offset, float(lw.std() / math.sqrt(n)) if n > 1 else float("inf")
