@@ -45,8 +45,9 @@ diabetes regression, a Gaussian posterior, the exact KL(q || p) of 40 random sta
 of 0.557 and four at 0.603-0.622): its reference starts from the best of the default fit,
 the ``VI xK`` fit and ``--lowrank-starts`` - 1 DADVI fits with other seeds, and the
 optimum is the best of that run and those fits;
-``gap`` is optimum minus fit (paired draws, so its noise is far below the ELBO's own
-standard error; a small negative gap is that noise).  ``x VI`` is wall time over the
+``gap`` is optimum minus fit (common draws: for fits in one basin its noise is far below
+the ELBO's own standard error, for fits in different basins it is about that error; a
+small negative gap is that noise).  ``x VI`` is wall time over the
 default ``pyrovi.VI``'s, ``x numpyro`` over NumPyro's.  Each library is warmed up once on a
 tiny problem first (imports, first-call costs).  The ``VI`` cells are the median of
 ``--repeat`` timed runs from scratch (default 3; the fit is deterministic for a seed, and
