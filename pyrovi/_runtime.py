@@ -58,6 +58,19 @@ def resolve_seed(seed: int | None) -> int:
 MAX_SEED = 2**63
 
 
+def check_seed(seed: int | None, num_inits: int = 1) -> None:
+    """Refuse a ``seed`` that is not an int in ``[0, MAX_SEED)`` or leaves no room for the
+    seeds ``seed + i`` of ``num_inits`` restarts (``None`` passes: drawn at run time)."""
+    if seed is None:
+        return
+    resolve_seed(seed)
+    if seed + num_inits > MAX_SEED:
+        raise ValueError(
+            f"seed must leave room for num_inits={num_inits} restarts (seed + i < 2**63), "
+            f"got {seed!r}"
+        )
+
+
 def check_bool(name: str, value: Any) -> bool:
     """Refuse anything but ``True`` or ``False`` (a string such as ``"no"`` is truthy)."""
     if not isinstance(value, bool):

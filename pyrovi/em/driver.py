@@ -34,10 +34,10 @@ from pyrovi._run import (
     write_checkpoint,
 )
 from pyrovi._runtime import (
-    MAX_SEED,
     check_bool,
     check_device,
     check_positive,
+    check_seed,
     check_trace_values,
     fit_context,
     move_to_device,
@@ -209,13 +209,7 @@ class EM:
                 "M-step (only pyrovi's ready models do: gaussian_mixture_model, "
                 "factor_analysis_model, ppca_model); use m_step='auto' or 'generic'"
             )
-        if seed is not None:
-            resolve_seed(seed)
-            if seed + num_inits > MAX_SEED:
-                raise ValueError(
-                    f"seed must leave room for num_inits={num_inits} restarts (seed + i < "
-                    f"2**63), got {seed!r}"
-                )
+        check_seed(seed, num_inits)
         check_bool("progress", progress)
         check_device(device)
         if lbfgs is not None and not isinstance(lbfgs, LBFGSMStep):

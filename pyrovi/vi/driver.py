@@ -22,11 +22,11 @@ from pyrovi._model import model_name
 from pyrovi._progress import Progress, format_estimate
 from pyrovi._run import RunState
 from pyrovi._runtime import (
-    MAX_SEED,
     check_bool,
     check_device,
     check_optim,
     check_positive,
+    check_seed,
     check_trace_values,
     fit_context,
     move_to_device,
@@ -214,13 +214,7 @@ class VI:
             )
         self.vectorize_particles = vectorize_particles
         self.num_inits = check_positive("num_inits", num_inits, integer=True)
-        if seed is not None:
-            resolve_seed(seed)
-            if seed + num_inits > MAX_SEED:
-                raise ValueError(
-                    f"seed must leave room for num_inits={num_inits} restarts (seed + i < "
-                    f"2**63), got {seed!r}"
-                )
+        check_seed(seed, self.num_inits)
         self.seed = seed
         self.progress = check_bool("progress", progress)
         if tol is None or (
@@ -359,15 +353,13 @@ class VI:
                     raise
                 warn(f"VI was interrupted in {restart}; returning the best restart so far",
                      InterruptedFitWarning)
+                result = None
+            else:
+                results.append(result)
+            if result is None or result.interrupted:
                 interrupted = True
-                dropped.append(f"interrupted (Ctrl-C) in restart {i + 1}/{self.num_inits}: "
-                               "the restarts after it were not run")
-                break
-            results.append(result)
-            if result.interrupted:
-                interrupted = True
-                dropped.append(f"interrupted (Ctrl-C) in restart {i + 1}/{self.num_inits}: "
-                               "the restarts after it were not run")
+                dropped.append(f"interrupted (Ctrl-C) in {restart}: the restarts after it "
+                               "were not run")
                 break
         done = [(i, r) for i, r in enumerate(results) if r is not None]
         elbos = tuple(math.nan if r is None else r.elbo for r in results)
@@ -384,7 +376,7 @@ class VI:
             f"kept restart {best + 1} of {len(results)} (seed {seed + best}), ELBO "
             f"{format_estimate(result.elbo, result.elbo_se)}", wall)
         return dataclasses.replace(result, best_init=best, elbo_inits=elbos, notes=notes,
-                                   interrupted=interrupted or result.interrupted,
+                                   interrupted=interrupted,
                                    wall_time=wall)
 
     def _run_once(self, seed, device, args, kwargs, source, restart: str = "") -> VIResult:
