@@ -12,7 +12,7 @@ method (L-BFGS with a strong-Wolfe line search) to a gradient-norm tolerance.  T
 is that of a fixed objective, so convergence is well defined and the fit is reproducible
 to the last bit for a given seed.
 
-Three things are added to the paper's method:
+Four things are added to the paper's method:
 
 * **Moment-matched draws.**  The draws come in antithetic pairs :math:`(z, -z)` (exact
   sample mean 0) and, when ``M / 2 >= noise_dim``, are whitened so that their sample
@@ -35,6 +35,9 @@ Three things are added to the paper's method:
   posterior means under a linear perturbation of the log density, from the Hessian of the
   fixed-draw objective; it corrects mean-field's underestimated variances and equals the
   exact posterior covariance on a linear-Gaussian model.
+* **A lowrank start from a fullrank fit** (``start``): the lowrank ELBO has local optima
+  (which K coordinates the factor covers); up to 64 dimensions the basin is chosen on a
+  fullrank fit, by the rank-K q nearest to it in KL, and the lowrank fit starts there.
 
 Layout
 ------
@@ -51,6 +54,7 @@ optimizer stops short.  Around it:
   and entropy the compiled SGD path uses;
 * the draws and the fresh-draw check are :mod:`pyrovi.fast.draws`; the optimizers
   :mod:`pyrovi.fast.lbfgs`; linear response :mod:`pyrovi.fast.linear_response`; the
+  lowrank start (the rank-K q nearest to a fullrank fit) :mod:`pyrovi.fast.lowrank_start`; the
   model's log density and the autoguide's values :mod:`pyrovi.fast.pyro_glue` (all
   re-exported here).
 
@@ -91,6 +95,7 @@ from pyrovi.fast.draws import (
 )
 from pyrovi.fast.lbfgs import Run, lbfgs, newton
 from pyrovi.fast.linear_response import linear_response_covariance
+from pyrovi.fast.lowrank_start import nearest_lowrank
 from pyrovi.fast.objective import Counter, neg_objective, neg_objective_relative
 from pyrovi.fast.pyro_glue import (
     autoguide_values,
@@ -132,6 +137,16 @@ FAMILIES = ("meanfield", "fullrank", "lowrank")
 #: optimum (its ELBO still exact: log Z - ELBO = KL(q || p)); ``gain_tol=0`` reaches the
 #: exact optimum.
 GAIN_FRACTION = 0.005
+
+#: ``start="auto"`` starts a lowrank fit from a fullrank fit up to this many dimensions
+#: (:func:`fit_dadvi`'s ``start``).  Measured over seeds 0-3 (fit time without tracing;
+#: ELBO on 40,000 common fresh draws): diabetes (D = 10) 0.3 s and every fit at the best
+#: optimum, against 0.4-0.6 s and three of four fits 0.05-0.06 nats short; breast cancer
+#: (D = 31) every fit within 0.013 nats of the best known, against 0.004-0.10 short; eight
+#: schools (D = 10) unchanged within the check's resolution; radon (D = 104) no better and
+#: 5x slower (the fullrank fit costs D^2 coordinates, and the lowrank fit from its sharp
+#: start grew M to 3,328 fixed draws).
+LOWRANK_START_MAX_DIM = 64
 
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
 
@@ -273,6 +288,10 @@ class DadviOutcome:
         values; the draws change, and the objective with them, where ``M`` grew).
     budget_exhausted : bool
         Whether ``max_total_iters`` ran out before the optimizer converged.
+    start : str
+        Where the fit started: ``"fullrank"`` (a lowrank fit from the q nearest to a
+        fullrank fit, whose iterations, log densities, trace and time are included above;
+        see :func:`fit_dadvi`'s ``start``) or ``"init"``.
     """
 
     family: str
@@ -298,6 +317,7 @@ class DadviOutcome:
     draws: torch.Tensor | None = dataclasses.field(default=None, repr=False)
     trace: tuple = dataclasses.field(default=(), repr=False)
     budget_exhausted: bool = False
+    start: str = "init"
 
     @property
     def ok(self) -> bool:
@@ -325,6 +345,33 @@ def _growth(elbo: float, fresh: float, check_tol: float) -> int:
     return int(min(16, max(2, math.ceil(1.25 * gap / check_tol))))
 
 
+def _fullrank_start(log_density, dim, rank, init, generator, progress, budget, settings):
+    """``start="fullrank"``: a fullrank DADVI fit from ``init``'s loc, and the rank-``rank``
+    q nearest to it (:func:`~pyrovi.fast.lowrank_start.nearest_lowrank`, its starts from
+    ``generator``).  Returns ``(fullrank outcome or None, the lowrank fit's init, note)``;
+    where the fullrank objective is not finite at the start, ``(None, init, why)``."""
+    loc = init.loc if isinstance(init, QParams) else init
+    if progress is not None:
+        progress.say(f"lowrank start: a fullrank fit first, then the nearest rank-{rank} q")
+    try:
+        full = fit_dadvi(
+            log_density, dim, "fullrank", init=loc, start="init", generator=generator,
+            progress=progress, max_total_iters=None if math.isinf(budget) else budget,
+            **settings,
+        )
+        cov_factor = full.params.scale[:, None] * full.params.factor
+        q = nearest_lowrank(full.params.loc, cov_factor @ cov_factor.T, rank,
+                            generator=generator)
+    except (ValueError, torch.linalg.LinAlgError) as err:
+        return None, init, f"lowrank started from init: the fullrank start failed ({err})"
+    verdict = "passed" if full.check_passed else "not passed"
+    return full, q, (
+        f"lowrank started from the rank-{rank} q nearest in KL to a fullrank DADVI fit "
+        f"(M = {full.num_draws}, {full.num_iters} iterations, ELBO {full.elbo:.4f}, "
+        f"fresh-draw check {verdict})"
+    )
+
+
 def fit_dadvi(
     log_density: LogDensity,
     dim: int,
@@ -346,6 +393,7 @@ def fit_dadvi(
     history: int = 20,
     init: torch.Tensor | Gaussian | None = None,
     init_scale: float = 0.1,
+    start: str = "auto",
     seed: int = 0,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
@@ -412,6 +460,18 @@ def fit_dadvi(
         iterations).
     init : Tensor (D,) or Gaussian, optional
         Initial ``loc`` (scales then ``init_scale``), or a whole initial q (warm start).
+    start : {"auto", "init", "fullrank"}
+        Where a lowrank fit starts.  ``"init"``: from ``init``.  ``"fullrank"``: a fullrank
+        DADVI fit from ``init``'s ``loc`` first (same settings; its check at most 2,000
+        fresh draws), then the rank-K q nearest to it in KL
+        (:func:`~pyrovi.fast.lowrank_start.nearest_lowrank`, several random starts that
+        cost no log density), fitted from there with at least the fullrank fit's ``M``:
+        the lowrank ELBO's local optima are chosen on the fullrank q rather than by the
+        random start.  Its iterations, log densities and time count in the outcome (and
+        ``max_total_iters``), and a note says so; if its objective is not finite at the
+        start, the lowrank fit starts from ``init``, with a note.  ``"auto"`` (default):
+        ``"fullrank"`` for lowrank fits of ``D <= LOWRANK_START_MAX_DIM`` (64), else
+        ``"init"``.  Other families ignore it.
     seed, generator
         The draws' random stream (``generator`` wins when given).
     dtype : torch.dtype
@@ -445,10 +505,15 @@ def fit_dadvi(
         gain_tol = GAIN_FRACTION * check_tol
     if optimizer not in ("lbfgs", "newton"):
         raise ValueError(f"unknown optimizer {optimizer!r}")
+    if start not in ("auto", "init", "fullrank"):
+        raise ValueError(f"start must be 'auto', 'init' or 'fullrank', got {start!r}")
+    if start == "auto":
+        start = "fullrank" if family == "lowrank" and dim <= LOWRANK_START_MAX_DIM else "init"
     if tol is None:
         tol = 1e-6 if dtype == torch.float64 else 1e-3
     n_noise = fam.noise_dim(dim)
     notes: list[str] = []
+    explicit_draws = num_draws is not None
     if num_draws is None:
         num_draws = max(32, 2 * n_noise)
         if not fam.needs_spanning_draws:
@@ -463,13 +528,27 @@ def fit_dadvi(
     max_draws = max(num_draws, int(max_draws))
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     fresh_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
-    start = time.perf_counter()
+    began = time.perf_counter()
     counter = Counter(log_density)
 
     if device is None:
         device = init.loc.device if isinstance(init, QParams) else (
             init.device if isinstance(init, torch.Tensor) else torch.device("cpu")
         )
+    prefit = None
+    if family == "lowrank" and start == "fullrank":
+        prefit, init, prefit_note = _fullrank_start(
+            counter, dim, rank, init, gen, progress, budget, dict(
+                max_draws=max_draws, tol=tol, ftol=ftol, gain_tol=gain_tol,
+                max_iters=max_iters, check_tol=check_tol,
+                num_fresh=min(num_fresh, 2000), max_fresh=max_fresh, draws=draws,
+                history=history, init_scale=init_scale, dtype=dtype,
+                work_dtype=work_dtype, device=device))
+        notes.append(prefit_note)
+        if prefit is not None:
+            if not explicit_draws:
+                num_draws = max(num_draws, prefit.num_draws + prefit.num_draws % 2)
+                max_draws = max(num_draws, max_draws)
     if isinstance(init, QParams):
         theta = pack(
             fam, QParams(*(None if t is None else t.to(device, work_dtype) for t in init))
@@ -480,8 +559,8 @@ def fit_dadvi(
     raw = raw_normals(draw_count(num_draws, draws), n_noise, gen, work_dtype, device)
     m = num_draws
     history_rows = []
-    total_iters = 0
-    trace: list[float] = []
+    total_iters = 0 if prefit is None else prefit.num_iters
+    trace: list[float] = [] if prefit is None else list(prefit.trace)
     exhausted = False
     while True:
         eps = fixed_draws(raw, draws)
@@ -566,7 +645,7 @@ def fit_dadvi(
         converged=run.converged,
         check_passed=bool(passed),
         draws_history=tuple(history_rows),
-        wall_time=time.perf_counter() - start,
+        wall_time=time.perf_counter() - began,
         optimizer=optimizer,
         notes=tuple(n for n in notes if n),
         rank=rank,
@@ -574,4 +653,5 @@ def fit_dadvi(
         draws=eps,
         trace=tuple(trace),
         budget_exhausted=exhausted,
+        start=start if family == "lowrank" and prefit is not None else "init",
     )

@@ -292,6 +292,8 @@ def test_num_inits_keeps_the_restart_of_highest_elbo_and_it_is_nearest_the_poste
     log_z = pyrovi.log_evidence(regression_models.linear_regression, X, y,
                                 method="exact").value
     assert log_z - result.elbo == pytest.approx(kl, abs=1e-6)
-    # seed 0 alone ends in a worse optimum, 0.05 nats short: the restarts found a better one
-    assert 0.557 < kl < 0.56 and result.elbo - fits[0].elbo > 0.04
+    # the best of the optima (0.557; 0.602-0.706 for the others, tests/fast/test_dadvi.py),
+    # which every seed's fit reaches from DADVI's fullrank start
+    assert 0.557 < kl < 0.5575
+    assert max(f.elbo for f in fits) - min(f.elbo for f in fits) < 1e-3
     assert result.dadvi.num_fresh >= RESTART_FRESH_DRAWS
