@@ -41,8 +41,9 @@ optimum is found once by a long DADVI run with 4,096 fixed draws (to a relative 
 1e-10 over 10 iterations, started from the default fit) and scored the same way.  The
 lowrank ELBO has local optima (which K coordinates get a full covariance block; on the
 diabetes regression, a Gaussian posterior, the exact KL(q || p) of 40 random starts ends at
-0.557, 0.602, 0.609, 0.611 or 0.706 nats, and of eight default fits, four end within 0.002
-of 0.557 and four at 0.603-0.622): its reference starts from the best of the default fit,
+0.557, 0.602, 0.609, 0.611 or 0.706 nats; DADVI's default lowrank fits of up to 64
+dimensions start from the rank-K q nearest to a fullrank fit, which reaches 0.557 from every
+seed tried): its reference starts from the best of the default fit,
 the ``VI xK`` fit and ``--lowrank-starts`` - 1 DADVI fits with other seeds, and the
 optimum is the best of that run and those fits;
 ``gap`` is optimum minus fit (common draws: for fits in one basin its noise is far below

@@ -130,11 +130,13 @@ class Progress:
         self.bar.update(1)
 
     def check(self, num_draws: int, elbo: float, fresh: float, se: float, passed: bool,
-              num_fresh: int) -> None:
-        """DADVI's fresh-draw check of a fit with ``num_draws`` fixed draws."""
+              num_fresh: int, *, fit: str = "") -> None:
+        """DADVI's fresh-draw check of a fit with ``num_draws`` fixed draws (``fit`` names
+        an intermediate fit, such as a lowrank fit's fullrank start)."""
         verdict = "passed" if passed else "not passed"
+        of = f" of {fit}" if fit else ""
         self.say(
-            f"fresh-draw check with M = {num_draws} fixed draws {verdict}: fixed-draw ELBO "
+            f"fresh-draw check{of} with M = {num_draws} fixed draws {verdict}: fixed-draw ELBO "
             f"{elbo:.4f} vs {format_estimate(fresh, se)} on {format_count(num_fresh)} "
             "fresh draws (antithetic pairs)"
         )

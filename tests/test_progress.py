@@ -126,6 +126,22 @@ def test_dadvi_shows_its_iterations_and_checks_and_ends_on_the_results_numbers(c
     assert f"(DADVI, M = {m_draws} fixed draws, fresh-draw check passed)" in line
 
 
+def test_a_lowrank_fit_says_it_starts_from_a_fullrank_fit_and_whose_check_is_whose(capsys):
+    X, y = models.regression_data()
+    res = pyrovi.VI(models.regression, "lowrank", seed=0, progress=True).run(X, y)
+    assert res.backend == "dadvi" and res.dadvi.start == "fullrank"
+    lines = _lines(capsys.readouterr().err)
+    rank = res.dadvi.rank
+    said = [i for i, line in enumerate(lines) if line == (
+        f"VI lowrank: lowrank start: a fullrank fit first, then the nearest rank-{rank} q")]
+    start_checks = [i for i, line in enumerate(lines) if line.startswith(
+        "VI lowrank: fresh-draw check of the fullrank start with M = ")]
+    own_checks = [i for i, line in enumerate(lines) if line.startswith(
+        f"VI lowrank: fresh-draw check with M = {res.dadvi.num_draws} fixed draws passed")]
+    assert len(said) == 1 and start_checks and own_checks
+    assert said[0] < start_checks[-1] < own_checks[0]
+
+
 def test_restarts_are_named_and_the_run_ends_on_the_kept_ones_numbers(capsys):
     X, y = models.regression_data()
     res = pyrovi.VI(models.regression, "lowrank", seed=4, num_inits=2, progress=True).run(X, y)

@@ -140,12 +140,12 @@ GAIN_FRACTION = 0.005
 
 #: ``start="auto"`` starts a lowrank fit from a fullrank fit up to this many dimensions
 #: (:func:`fit_dadvi`'s ``start``).  Measured over seeds 0-3 (fit time without tracing;
-#: ELBO on 40,000 common fresh draws): diabetes (D = 10) 0.3 s and every fit at the best
-#: optimum, against 0.4-0.6 s and three of four fits 0.05-0.06 nats short; breast cancer
-#: (D = 31) every fit within 0.013 nats of the best known, against 0.004-0.10 short; eight
-#: schools (D = 10) unchanged within the check's resolution; radon (D = 104) no better and
-#: 5x slower (the fullrank fit costs D^2 coordinates, and the lowrank fit from its sharp
-#: start grew M to 3,328 fixed draws).
+#: ELBO on 40,000 common fresh draws, gaps to the best optimum found): diabetes (D = 10)
+#: 0.13-0.20 s, every fit at the best optimum, against 0.37-0.57 s from the random start
+#: and three of four fits 0.047-0.065 nats short; breast cancer (D = 31) 0.5-2.4 s and gaps
+#: 0.002-0.039, against 0.8-1.4 s and 0.036-0.133; eight schools (D = 10) the same within
+#: the check's resolution; radon (D = 104) no better and 5x slower (the fullrank fit has
+#: D^2 / 2 coordinates, and the lowrank fit from its sharp start grew M to 3,328 draws).
 LOWRANK_START_MAX_DIM = 64
 
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
@@ -345,6 +345,19 @@ def _growth(elbo: float, fresh: float, check_tol: float) -> int:
     return int(min(16, max(2, math.ceil(1.25 * gap / check_tol))))
 
 
+class _StartProgress:
+    """The progress of a lowrank fit's fullrank start: its checks say whose they are."""
+
+    def __init__(self, progress):
+        self.progress = progress
+
+    def lbfgs(self, elbo: float) -> None:
+        self.progress.lbfgs(elbo)
+
+    def check(self, *args) -> None:
+        self.progress.check(*args, fit="the fullrank start")
+
+
 def _fullrank_start(log_density, dim, rank, init, generator, progress, budget, settings):
     """``start="fullrank"``: a fullrank DADVI fit from ``init``'s loc, and the rank-``rank``
     q nearest to it (:func:`~pyrovi.fast.lowrank_start.nearest_lowrank`, its starts from
@@ -356,7 +369,8 @@ def _fullrank_start(log_density, dim, rank, init, generator, progress, budget, s
     try:
         full = fit_dadvi(
             log_density, dim, "fullrank", init=loc, start="init", generator=generator,
-            progress=progress, max_total_iters=None if math.isinf(budget) else budget,
+            progress=None if progress is None else _StartProgress(progress),
+            max_total_iters=None if math.isinf(budget) else budget,
             **settings,
         )
         cov_factor = full.params.scale[:, None] * full.params.factor
