@@ -237,6 +237,24 @@ def test_start_is_checked_and_auto_starts_large_lowrank_fits_from_init():
                      num_fresh=0).start == "init"
 
 
+def test_a_fullrank_start_that_cannot_start_leaves_the_lowrank_fit_to_its_init():
+    # finite only inside |u| < 0.1: the fullrank start (scales init_scale = 0.1, draws
+    # beyond 1 sd) is -inf at some draws, the given lowrank q (scales about 0.01) is not
+    def log_density(u):
+        inside = u.abs().amax(-1) < 0.1
+        return torch.where(inside, -0.5 * (u / 0.02).pow(2).sum(-1),
+                           torch.full_like(u[:, 0], -math.inf))
+
+    init = Gaussian(torch.zeros(2, dtype=F64), torch.full((2,), 0.01, dtype=F64),
+                    torch.full((2, 1), 0.1, dtype=F64))
+    out = fit_dadvi(log_density, 2, "lowrank", rank=1, init=init, num_fresh=0)
+    assert out.start == "init"
+    assert out.notes[0].startswith(
+        "lowrank started from init: the fullrank start failed (the fixed-draw ELBO is not "
+        "finite at the initial q")
+    assert math.isfinite(out.elbo)
+
+
 @pytest.mark.parametrize("optimizer", ["lbfgs", "newton"])
 def test_linear_response_is_the_exact_posterior_covariance(diabetes, optimizer):
     _, _, log_density, layout, precision = diabetes
