@@ -559,10 +559,9 @@ def fit_dadvi(
                 history=history, init_scale=init_scale, dtype=dtype,
                 work_dtype=work_dtype, device=device))
         notes.append(prefit_note)
-        if prefit is not None:
-            if not explicit_draws:
-                num_draws = max(num_draws, prefit.num_draws + prefit.num_draws % 2)
-                max_draws = max(num_draws, max_draws)
+        if prefit is not None and not explicit_draws:  # its M is even
+            num_draws = max(num_draws, prefit.num_draws)
+            max_draws = max(num_draws, max_draws)
     if isinstance(init, QParams):
         theta = pack(
             fam, QParams(*(None if t is None else t.to(device, work_dtype) for t in init))
@@ -667,5 +666,5 @@ def fit_dadvi(
         draws=eps,
         trace=tuple(trace),
         budget_exhausted=exhausted,
-        start=start if family == "lowrank" and prefit is not None else "init",
+        start="init" if prefit is None else "fullrank",
     )

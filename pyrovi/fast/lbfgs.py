@@ -211,15 +211,19 @@ def batched_lbfgs(value_and_grad, x0: torch.Tensor, max_iters: int, *, history: 
         d = torch.where(active[:, None], d, torch.zeros_like(d))
         step = torch.ones(rows, dtype=x.dtype, device=x.device)
         done = ~active
+        # each row keeps the value and gradient of the step it accepted
+        value_new, grad_new = value, grad
         for _ in range(max_halvings):
-            trial, _ = value_and_grad(x + step[:, None] * d)
-            done = done | (torch.isfinite(trial) & (trial <= value + c1 * step * slope))
+            trial, trial_grad = value_and_grad(x + step[:, None] * d)
+            accepted = ~done & torch.isfinite(trial) & (trial <= value + c1 * step * slope)
+            value_new = torch.where(accepted, trial, value_new)
+            grad_new = torch.where(accepted[:, None], trial_grad, grad_new)
+            done = done | accepted
             if bool(done.all()):
                 break
             step = torch.where(done, step, 0.5 * step)
         step = torch.where(done & active, step, torch.zeros_like(step))
         x_new = x + step[:, None] * d
-        value_new, grad_new = value_and_grad(x_new)
         s_i, y_i = x_new - x, grad_new - grad
         sy = (s_i * y_i).sum(-1)
         rho = torch.where(sy > 0, 1.0 / sy.clamp_min(torch.finfo(x.dtype).tiny),
